@@ -165,7 +165,9 @@ def _read_file(path: Path) -> dict[str, Any]:
     try:
         loaded = yaml.safe_load(path.read_text())
     except FileNotFoundError:
-        raise ConfigError(f"config file {path} does not exist; create it or drop --config") from None
+        raise ConfigError(
+            f"config file {path} does not exist; create it or drop --config"
+        ) from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
     if loaded is None:

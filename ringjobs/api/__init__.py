@@ -1,0 +1,1 @@
+"""The HTTP API served on the daemon's unix socket."""

@@ -1,0 +1,75 @@
+"""Errors as application/problem+json (RFC 9457), with `violations` for bad input."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+from ringjobs.exceptions import RingjobsError, ValidationFailed
+
+log = structlog.get_logger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+_TITLES = {
+    400: "bad request",
+    404: "not found",
+    405: "method not allowed",
+    409: "conflict",
+    413: "too large",
+    422: "invalid input",
+    500: "internal error",
+    503: "unavailable",
+}
+
+
+def problem(
+    status: int, detail: str, code: str, title: str | None = None,
+    violations: list[dict[str, Any]] | None = None,
+) -> web.Response:  # fmt: skip
+    body: dict[str, Any] = {
+        "type": f"urn:ringjobs:problem:{code}",
+        "title": title or _TITLES.get(status, "error"),
+        "status": status,
+        "detail": detail,
+        "code": code,
+    }
+    if violations is not None or status in (400, 422):
+        body["violations"] = violations or []
+    return web.Response(
+        status=status, text=json.dumps(body), content_type="application/problem+json"
+    )
+
+
+def from_error(exc: RingjobsError) -> web.Response:
+    if isinstance(exc, ValidationFailed):
+        violations = [v.model_dump(mode="json") for v in exc.violations]
+        count = len(violations)
+        detail = f"{count} problem{'s' if count != 1 else ''} found; nothing was stored"
+        return problem(exc.status, detail, exc.code, exc.title, violations)
+    return problem(exc.status, str(exc), exc.code)
+
+
+@web.middleware
+async def problem_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except RingjobsError as exc:
+        return from_error(exc)
+    except web.HTTPRequestEntityTooLarge as exc:
+        return problem(413, f"request body too large: {exc.text}", "too_large")
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return problem(exc.status, exc.text or exc.reason, _code(exc.status))
+    except Exception:
+        log.exception("request_failed", path=request.path, method=request.method)
+        return problem(500, "internal error; the daemon's log has the details", "internal")
+
+
+def _code(status: int) -> str:
+    return _TITLES.get(status, "error").replace(" ", "_")

@@ -1,0 +1,173 @@
+"""The daemon's lifecycle: lock, config, store, runtime, engine, socket, signals.
+
+startup -> serve -> shutdown, in that order. On SIGTERM or SIGINT it stops
+accepting requests, stops starting runs, saves logs and state, and leaves
+containers running; the next start reattaches to them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import grp
+import os
+import signal
+import socket
+import sys
+from pathlib import Path
+from typing import IO
+
+import structlog
+from aiohttp import web
+
+from ringjobs.api.app import create_app
+from ringjobs.config import Config, load_config
+from ringjobs.engine.engine import Engine
+from ringjobs.exceptions import ConfigError, DaemonAlreadyRunning, RingjobsError
+from ringjobs.logs import configure_logging
+from ringjobs.runtime.docker import DockerRuntime
+from ringjobs.store import Store
+
+log = structlog.get_logger(__name__)
+
+_SHUTDOWN_TIMEOUT = 5.0
+
+
+class SocketLock:
+    """An flock next to the socket: held for the daemon's life, so one daemon a socket."""
+
+    def __init__(self, socket_path: Path) -> None:
+        self.path = socket_path.with_name(socket_path.name + ".lock")
+        self._file: IO[str] | None = None
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        handle = self.path.open("a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            owner = handle.read().strip() or "unknown"
+            handle.close()
+            raise DaemonAlreadyRunning(
+                f"another ringjobs daemon (pid {owner}) is serving {self.path.parent}; "
+                "stop it first, or give this one another --socket"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        self._file = handle
+
+    def release(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+def _socket_is_live(path: Path) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(1.0)
+        try:
+            probe.connect(str(path))
+        except OSError:
+            return False
+        return True
+
+
+class Daemon:
+    """Owns every long-lived resource of the daemon process."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.lock = SocketLock(config.socket)
+        self.store = Store(config.database)
+        self.runtime: DockerRuntime | None = None
+        self.engine: Engine | None = None
+        self.runner: web.AppRunner | None = None
+        self.stopping = asyncio.Event()
+
+    async def serve(self) -> None:
+        await self.startup()
+        try:
+            await self.stopping.wait()
+        finally:
+            await self.shutdown()
+
+    async def startup(self) -> None:
+        self.lock.acquire()
+        self._claim_socket_path()
+        await self.store.open()
+        self.runtime = DockerRuntime(self.config.docker_host, self.config.max_concurrent_runs)
+        self.engine = Engine(self.store, self.runtime, self.config)
+        await self.engine.start()
+        self.runner = web.AppRunner(
+            create_app(self.engine), handle_signals=False, shutdown_timeout=_SHUTDOWN_TIMEOUT
+        )
+        await self.runner.setup()
+        await web.UnixSite(self.runner, str(self.config.socket)).start()
+        self._secure_socket()
+        self._install_signal_handlers()
+        log.info("daemon_started", socket=str(self.config.socket),
+                 database=str(self.config.database), pid=os.getpid())  # fmt: skip
+
+    def _claim_socket_path(self) -> None:
+        path = self.config.socket
+        if path.exists() or path.is_symlink():
+            if _socket_is_live(path):
+                raise DaemonAlreadyRunning(f"a daemon already answers on {path}")
+            path.unlink()  # stale: left by a daemon that died
+        path.parent.mkdir(parents=True, exist_ok=True)
+
+    def _secure_socket(self) -> None:
+        path = self.config.socket
+        os.chmod(path, 0o660)
+        if self.config.socket_group:
+            try:
+                gid = grp.getgrnam(self.config.socket_group).gr_gid
+            except KeyError:
+                raise ConfigError(
+                    f"socket_group {self.config.socket_group!r} does not exist; create it "
+                    "or change socket_group in the config"
+                ) from None
+            os.chown(path, -1, gid)
+
+    def _install_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stopping.set)
+
+    async def shutdown(self) -> None:
+        log.info("daemon_stopping")
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+        if self.runner is not None:
+            await self.runner.cleanup()  # stop accepting; streaming requests get cut off
+        if self.engine is not None:
+            await self.engine.stop()
+        await self.store.close()
+        if self.runtime is not None:
+            await self.runtime.close()
+        with contextlib.suppress(FileNotFoundError):
+            self.config.socket.unlink()
+        self.lock.release()
+        log.info("daemon_stopped")
+
+
+def run_daemon(config_path: Path | None, socket_path: Path | None, database: Path | None) -> int:
+    """Entry point of `ringjobs daemon`; returns the process exit code."""
+    try:
+        config = load_config(config_path, {"socket": socket_path, "database": database})
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return 1
+    configure_logging(config.log_level, config.log_format)
+    try:
+        asyncio.run(Daemon(config).serve())
+    except RingjobsError as exc:
+        log.error("daemon_failed", error=str(exc))
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return 1
+    return 0

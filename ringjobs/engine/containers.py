@@ -1,0 +1,96 @@
+"""From a run's snapshot to a ContainerSpec: hardening defaults, labels, environment."""
+
+from __future__ import annotations
+
+from ringjobs.config import Config
+from ringjobs.models import JobSpec, Run, SecretRef
+from ringjobs.runtime.base import (
+    LABEL_ATTEMPT,
+    LABEL_JOB,
+    LABEL_MANAGED,
+    LABEL_NAMESPACE,
+    LABEL_RUN,
+    ContainerSpec,
+    ImageInfo,
+)
+
+
+class ConfigProblem(Exception):
+    """The run's configuration cannot be turned into a container (config_error)."""
+
+
+def network_name(namespace: str) -> str:
+    return f"ringjobs_{namespace}"
+
+
+def managed_labels(run: Run, attempt: int) -> dict[str, str]:
+    return {
+        LABEL_MANAGED: "true",
+        LABEL_RUN: str(run.id),
+        LABEL_NAMESPACE: run.namespace,
+        LABEL_JOB: run.job,
+        LABEL_ATTEMPT: str(attempt),
+    }
+
+
+def resolve_environment(
+    spec: JobSpec, namespace_env: dict[str, str | dict[str, str]]
+) -> dict[str, str]:
+    """Namespace environment, then the job's own on top. Secrets are refused for now."""
+    merged: dict[str, object] = {**namespace_env, **spec.environment}
+    env: dict[str, str] = {}
+    missing = []
+    for name, value in merged.items():
+        if isinstance(value, SecretRef | dict):
+            ref = value.secret_ref if isinstance(value, SecretRef) else value.get("secretRef")
+            missing.append(f"{name} (secretRef {ref})")
+        else:
+            env[name] = str(value)
+    if missing:
+        raise ConfigProblem(
+            "secret not found: "
+            + ", ".join(missing)
+            + "; this daemon has no secret store yet, so pass the value in environment"
+        )
+    return env
+
+
+def container_spec(
+    run: Run, attempt: int, image: ImageInfo, config: Config, env: dict[str, str]
+) -> ContainerSpec:
+    spec = run.spec
+    if spec.source is not None:
+        raise ConfigProblem("live sources (from:) are not supported by this daemon version yet")
+    limits = spec.resources
+    return ContainerSpec(
+        name=f"ringjobs-{run.namespace}-{run.job}-{run.id}-{attempt}",
+        image=image.id,  # pinned: every attempt runs exactly the resolved image
+        labels={**spec.labels, **managed_labels(run, attempt)},
+        command=spec.command,
+        entrypoint=["/bin/sh", "-c"] if spec.shell else None,
+        environment=env,
+        working_dir=spec.working_dir,
+        user=spec.user,
+        memory_bytes=limits.memory_limit_bytes or config.defaults.memory_bytes,
+        cpu_nanos=limits.cpu_limit_nanos or config.defaults.cpu_nanos,
+        pids_limit=config.defaults.pids_limit,
+        network=_network(spec),
+        read_only_rootfs=spec.read_only_rootfs,
+        tmpfs=dict(spec.tmpfs),
+        mounts=list(spec.volumes),
+        privileged=spec.privileged,
+        cap_add=list(spec.cap_add),
+        pid_mode=spec.pid_mode,
+        ipc_mode=spec.ipc_mode,
+        log_max_size=config.logs.docker_max_size,
+        log_max_file=config.logs.docker_max_file,
+        stop_grace_seconds=spec.stop_grace_period_seconds,
+    )
+
+
+def _network(spec: JobSpec) -> str:
+    if spec.network == "namespace":
+        return network_name(spec.namespace)
+    if spec.network == "source":
+        raise ConfigProblem("network: source needs a live source (from:), not supported yet")
+    return spec.network

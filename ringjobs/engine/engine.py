@@ -1,0 +1,273 @@
+"""The engine: a FIFO queue of runs under `max_concurrent_runs`, and job operations.
+
+It drives a `Runtime` without knowing which one; every change goes to the store
+first. On start it reconciles unfinished runs with the containers carrying its
+labels; on stop it leaves containers running for the next start to adopt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import structlog
+
+from ringjobs.config import Config
+from ringjobs.engine.executor import EngineContext, RunExecutor
+from ringjobs.engine.logsink import LogSink
+from ringjobs.engine.notify import Notifier
+from ringjobs.exceptions import Conflict, EngineUnavailable, NotFound
+from ringjobs.models import JobSpec, Run, RunStatus, Trigger
+from ringjobs.runtime.base import LABEL_RUN, ContainerState, Runtime
+from ringjobs.store import Store
+from ringjobs.store.store import ApplyOutcome
+from ringjobs.units import parse_duration, parse_memory
+
+if TYPE_CHECKING:
+    from ringjobs.manifest import LoadedManifests
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class PruneResult:
+    namespace: str
+    dry_run: bool
+    run_ids: list[int]
+    log_lines_removed: int
+    events_removed: int
+    containers_removed: int
+    cancelled: int
+
+
+class Engine:
+    """Owns the run queue, the executors and the runtime event listener."""
+
+    def __init__(self, store: Store, runtime: Runtime, config: Config) -> None:
+        self.store = store
+        self.runtime = runtime
+        self.config = config
+        self.notifier = Notifier()
+        logs = config.logs
+        self.sink = LogSink(
+            store,
+            max_bytes_per_run=parse_memory(logs.max_bytes_per_run),
+            max_line_bytes=logs.max_line_bytes,
+            flush_interval=parse_duration(logs.flush_interval),
+            flush_bytes=parse_memory(logs.flush_bytes),
+            on_flush=self.notifier.notify,
+        )
+        self.ctx = EngineContext(store, runtime, config, self.sink, self.notifier)
+        self._queue: asyncio.Queue[int] = asyncio.Queue()
+        self._slots = asyncio.Semaphore(config.max_concurrent_runs)
+        self._tasks: dict[int, asyncio.Task[None]] = {}
+        self._background: list[asyncio.Task[None]] = []
+        self.engine_ok = False
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self.sink.start()
+        self._background.append(asyncio.create_task(self._watch_events(), name="events"))
+        await self.reconcile()
+        self._background.append(asyncio.create_task(self._supervise(), name="supervisor"))
+
+    async def stop(self) -> None:
+        """Stop starting runs and stop following containers; they keep running."""
+        for task in [*self._background, *self._tasks.values()]:
+            task.cancel()
+        for task in [*self._background, *self._tasks.values()]:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await self.sink.stop()
+
+    async def wait_idle(self) -> None:
+        """Until no run is queued or executing (tests and burst mode)."""
+        while self._tasks or not self._queue.empty():
+            await asyncio.sleep(0.05)
+
+    @property
+    def active_count(self) -> int:
+        return len(self._tasks)
+
+    # -- queue -----------------------------------------------------------------------
+
+    def enqueue(self, run_id: int) -> None:
+        self._queue.put_nowait(run_id)
+
+    async def _supervise(self) -> None:
+        while True:
+            run_id = await self._queue.get()
+            await self._slots.acquire()
+            run = await self.store.get_run(run_id)
+            if run is None or run.status != RunStatus.PENDING:
+                self._slots.release()
+                continue
+            self._spawn(run_id, RunExecutor(self.ctx, run).execute())
+
+    def _spawn(self, run_id: int, work: object) -> None:
+        async def guarded() -> None:
+            try:
+                await work  # type: ignore[misc]
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("run_crashed", run_id=run_id)
+            finally:
+                self._tasks.pop(run_id, None)
+                self._slots.release()
+                self.notifier.notify(run_id)
+
+        self._tasks[run_id] = asyncio.create_task(guarded(), name=f"run-{run_id}")
+
+    async def _watch_events(self) -> None:
+        """OOM events complement State.OOMKilled; a failing stream only degrades health."""
+        while True:
+            try:
+                self.engine_ok = bool(await self.runtime.version())
+                async for event in self.runtime.events():
+                    if event.action == "oom":
+                        self.ctx.oom_seen.add(event.container_id)
+            except EngineUnavailable as exc:
+                self.engine_ok = False
+                log.warning("engine_unavailable", error=str(exc))
+            await asyncio.sleep(2.0)
+
+    # -- jobs ------------------------------------------------------------------------
+
+    async def apply(self, loaded: LoadedManifests, caller_uid: int | None) -> list[ApplyOutcome]:
+        outcomes = await self.store.apply(
+            loaded.namespaces, loaded.jobs, _starts_on_apply, caller_uid
+        )
+        for outcome in outcomes:
+            if outcome.run_id is not None:
+                self.enqueue(outcome.run_id)
+        return outcomes
+
+    async def start_job_run(self, namespace: str, name: str, caller_uid: int | None) -> Run:
+        job = await self.store.get_job(namespace, name)
+        if job is None:
+            raise NotFound(f"job {namespace}/{name} does not exist; apply its manifest first")
+        active = await self.store.active_run_ids(namespace, name)
+        if active and job.spec.concurrency_policy == "Forbid":
+            raise Conflict(
+                f"job {namespace}/{name} already has an active run ({active[0]}) and its "
+                "concurrency_policy is Forbid; wait for it, or set concurrency_policy: Allow"
+            )
+        run_id = await self.store.create_run(job.spec, job.revision, Trigger.MANUAL, caller_uid)
+        self.enqueue(run_id)
+        return await self._run(run_id)
+
+    async def delete_job(self, namespace: str, name: str) -> None:
+        if await self.store.get_job(namespace, name) is None:
+            raise NotFound(f"job {namespace}/{name} does not exist")
+        active = await self.store.active_run_ids(namespace, name)
+        if active:
+            raise Conflict(
+                f"job {namespace}/{name} has active runs ({', '.join(map(str, active))}); "
+                "wait for them to finish before deleting it"
+            )
+        await self.store.delete_job(namespace, name)
+
+    async def _run(self, run_id: int) -> Run:
+        run = await self.store.get_run(run_id)
+        if run is None:
+            raise NotFound(f"run {run_id} does not exist")
+        return run
+
+    # -- prune -----------------------------------------------------------------------
+
+    async def prune(self, namespace: str, include_active: bool, dry_run: bool) -> PruneResult:
+        candidates = await self.store.prunable_runs(namespace, include_active)
+        ids = [int(c["id"]) for c in candidates]
+        active = [c for c in candidates if c["status"] not in ("completed", "failed", "cancelled")]
+        if dry_run:
+            return PruneResult(namespace, True, ids, 0, 0, 0, len(active))
+        for row in active:
+            await self._cancel_for_prune(int(row["id"]))
+        containers = await self._remove_leftovers(set(ids))
+        lines, events = await self.store.delete_runs(ids)
+        return PruneResult(namespace, False, ids, lines, events, containers, len(active))
+
+    async def _cancel_for_prune(self, run_id: int) -> None:
+        self.ctx.stop_requests.setdefault(run_id, asyncio.Event()).set()
+        task = self._tasks.get(run_id)
+        if task is not None:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait_for(asyncio.shield(task), 60)
+        run = await self.store.get_run(run_id)
+        if run is not None and not run.status.is_terminal:
+            await self.store.update_run(
+                run_id, ("finished", "cancelled by prune --all"),
+                status=RunStatus.CANCELLED, message="cancelled by namespace prune --all",
+            )  # fmt: skip
+
+    async def _remove_leftovers(self, run_ids: set[int]) -> int:
+        removed = 0
+        for container in await self.runtime.list_managed():
+            if _run_label(container) in run_ids:
+                await self.runtime.remove(container.id)
+                removed += 1
+        return removed
+
+    # -- reconciliation --------------------------------------------------------------
+
+    async def reconcile(self) -> None:
+        """Bring every unfinished run in line with what the runtime really has."""
+        runs = await self.store.active_runs()
+        if not runs:
+            return
+        containers = await self._containers_by_run()
+        for run in runs:
+            await self._reconcile_run(run, containers.get(run.id))
+
+    async def _containers_by_run(self) -> dict[int, ContainerState]:
+        try:
+            found = await self.runtime.list_managed()
+        except EngineUnavailable:
+            return {}
+        return {run_id: c for c in found if (run_id := _run_label(c)) is not None}
+
+    async def _reconcile_run(self, run: Run, container: ContainerState | None) -> None:
+        if run.status == RunStatus.PENDING:
+            self.enqueue(run.id)
+        elif container is not None and container.status == "created":
+            # Created but never started: starting it afresh cannot run it twice.
+            await self.runtime.remove(container.id)
+            await self._requeue(run, "container was created but never started")
+        elif container is not None:
+            await self._slots.acquire()
+            self._spawn(run.id, RunExecutor(self.ctx, run).resume(container))
+        elif run.container_id is None:
+            await self._requeue(run, "no container was created before the restart")
+        else:
+            await self.store.update_run(
+                run.id, ("finished", "container disappeared while the daemon was down"),
+                status=RunStatus.FAILED, reason="lost",
+                message=f"container {run.container_id[:12]} was removed by someone else",
+            )  # fmt: skip
+
+    async def _requeue(self, run: Run, why: str) -> None:
+        await self.store.update_run(
+            run.id, ("requeued", f"daemon restarted: {why}"), status=RunStatus.PENDING
+        )
+        self.enqueue(run.id)
+
+
+def _starts_on_apply(spec: JobSpec, active_run_ids: list[int]) -> bool:
+    """A new revision starts a run unless scheduled, suspended, or Forbid-blocked."""
+    if spec.schedule or spec.suspend:
+        return False
+    return not (active_run_ids and spec.concurrency_policy == "Forbid")
+
+
+def _run_label(container: ContainerState) -> int | None:
+    value = container.labels.get(LABEL_RUN, "")
+    return int(value) if value.isdigit() else None
+
+
+def job_keys(specs: Sequence[JobSpec]) -> list[str]:
+    return [s.key for s in specs]

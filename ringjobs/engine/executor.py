@@ -1,0 +1,333 @@
+"""The lifecycle of one run: image, container, logs, wait, finalize, remove.
+
+Each transition is written to the store before it is acted on or reported: the
+intent to stop is saved before the signal, logs and exit state are saved before
+the container is removed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator, Awaitable
+from dataclasses import dataclass, field
+
+import structlog
+
+from ringjobs.config import Config
+from ringjobs.engine.containers import (
+    ConfigProblem,
+    container_spec,
+    managed_labels,
+    network_name,
+    resolve_environment,
+)
+from ringjobs.engine.lines import split_all
+from ringjobs.engine.logsink import LogSink, RunLog
+from ringjobs.engine.notify import Notifier
+from ringjobs.engine.outcome import classify_exit
+from ringjobs.exceptions import EngineUnavailable
+from ringjobs.models import FailureReason, Run, RunStatus, StopIntent, utcnow
+from ringjobs.runtime.base import (
+    ContainerNotFound,
+    ContainerState,
+    ImageNotFound,
+    OutputChunk,
+    Runtime,
+    StartFailed,
+)
+from ringjobs.store import Store
+
+log = structlog.get_logger(__name__)
+
+_DRAIN_TIMEOUT = 30.0  # after exit, how long the attach stream may take to end
+_OOM_RECHECK_DELAY = 0.5  # Docker can report OOMKilled a moment after the exit
+
+
+@dataclass
+class EngineContext:
+    """What an executor needs from the engine; the engine owns it."""
+
+    store: Store
+    runtime: Runtime
+    config: Config
+    sink: LogSink
+    notifier: Notifier
+    oom_seen: set[str] = field(default_factory=set)
+    stop_requests: dict[int, asyncio.Event] = field(default_factory=dict)
+
+
+_FAILURES: list[tuple[type[BaseException], FailureReason]] = [
+    (ImageNotFound, FailureReason.IMAGE_NOT_FOUND),
+    (ConfigProblem, FailureReason.CONFIG_ERROR),
+    (StartFailed, FailureReason.START_ERROR),
+    (ContainerNotFound, FailureReason.LOST),
+    (EngineUnavailable, FailureReason.ENGINE_ERROR),
+]
+
+
+class RunExecutor:
+    """Drives one run to a terminal status."""
+
+    def __init__(self, ctx: EngineContext, run: Run) -> None:
+        self.ctx = ctx
+        self.run = run
+        self.container_id: str | None = run.container_id
+        self.attempt = max(run.attempt, 1)
+
+    async def execute(self) -> None:
+        """A pending run: create and start its container, then follow it to the end."""
+        await self._guard(self._execute())
+
+    async def resume(self, container: ContainerState) -> None:
+        """A run adopted after a daemon restart whose container exists."""
+        self.container_id = container.id
+        await self._guard(self._resume(container))
+
+    async def _guard(self, work: Awaitable[None]) -> None:
+        try:
+            await work
+        except tuple(cls for cls, _ in _FAILURES) as exc:
+            reason = next(r for cls, r in _FAILURES if isinstance(exc, cls))
+            await self._fail(reason, str(exc))
+        except Exception as exc:
+            # A bug or an unexpected engine answer: never leave the run unfinished.
+            log.exception("run_crashed", run_id=self.run.id)
+            await self._fail(FailureReason.ENGINE_ERROR, f"internal error: {exc!r}")
+
+    # -- fresh run ---------------------------------------------------------------
+
+    async def _execute(self) -> None:
+        run = self.run
+        await self._transition(
+            ("starting", f"attempt {self.attempt}: resolving image {run.spec.image}"),
+            status=RunStatus.STARTING,
+            attempt=self.attempt,
+        )
+        env = await self._environment()
+        image = await self.ctx.runtime.resolve_image(
+            run.spec.image or "", run.spec.image_pull_policy
+        )
+        await self._transition(("image_resolved", f"{image.ref} is {image.id}"), image_id=image.id)
+        cspec = container_spec(run, self.attempt, image, self.ctx.config, env)
+        if run.spec.network == "namespace":
+            await self.ctx.runtime.ensure_network(
+                network_name(run.namespace), managed_labels(run, self.attempt)
+            )
+        self.container_id = await self.ctx.runtime.create(cspec)
+        await self._transition(
+            ("container_created", f"container {cspec.name} ({self.container_id[:12]})"),
+            container_id=self.container_id,
+        )
+        if self._stop_requested():
+            await self._cancel_before_start()
+            return
+        writer = await self.ctx.sink.open(run.id, self.attempt)
+        stream = await self.ctx.runtime.attach(self.container_id)
+        pump = asyncio.create_task(self._pump(stream, writer))
+        await self._start(pump)
+        await self._transition(
+            ("container_started", "container started"),
+            status=RunStatus.RUNNING,
+            started_at=utcnow(),
+        )
+        exit_code = await self._wait_with_deadline()
+        await self._drain(pump)
+        await self._finalize(exit_code)
+
+    async def _environment(self) -> dict[str, str]:
+        ns = await self.ctx.store.get_namespace(self.run.namespace)
+        settings = json.loads(ns["environment"]) if ns else {}
+        return resolve_environment(self.run.spec, settings.get("environment") or {})
+
+    async def _start(self, pump: asyncio.Task[None]) -> None:
+        assert self.container_id is not None
+        try:
+            await self.ctx.runtime.start(self.container_id)
+        except BaseException:
+            pump.cancel()
+            with contextlib.suppress(BaseException):
+                await pump
+            raise
+
+    def _stop_requested(self) -> bool:
+        request = self.ctx.stop_requests.get(self.run.id)
+        return request is not None and request.is_set()
+
+    async def _cancel_before_start(self) -> None:
+        await self._transition(
+            ("finished", "cancelled before its container started"),
+            status=RunStatus.CANCELLED,
+            stop_intent=StopIntent.CANCEL,
+            message="cancelled before its container started",
+            finished_at=utcnow(),
+        )
+        await self._dispose_container()
+
+    # -- adopted run ---------------------------------------------------------------
+
+    async def _resume(self, container: ContainerState) -> None:
+        assert self.container_id is not None
+        await self.ctx.store.add_event(
+            self.run.id, "reattached", f"daemon restarted; container {container.status}"
+        )
+        if container.running:
+            if self.run.status != RunStatus.RUNNING:
+                await self._transition(
+                    ("container_started", "container found running"),
+                    status=RunStatus.RUNNING,
+                    started_at=utcnow(),
+                )
+            exit_code = await self._wait_with_deadline()
+        else:
+            exit_code = container.exit_code if container.exit_code is not None else -1
+        await self._recover_logs()
+        await self._finalize(exit_code)
+
+    async def _recover_logs(self) -> None:
+        """Store the lines Docker kept that the store lacks (counted per stream)."""
+        assert self.container_id is not None
+        writer = await self.ctx.sink.open(self.run.id, self.attempt)
+        for stream in ("stdout", "stderr"):
+            data = await self.ctx.runtime.output(self.container_id, stream)
+            lines = split_all(data, self.ctx.sink.max_line_bytes)
+            stored = await self.ctx.store.count_log_lines(self.run.id, self.attempt, stream)
+            for line in lines[stored:]:
+                await writer.add_line(stream, line)
+        await self.ctx.sink.flush()
+
+    # -- shared steps ----------------------------------------------------------------
+
+    async def _pump(self, stream: AsyncIterator[OutputChunk], writer: RunLog) -> None:
+        async for name, data in stream:
+            await writer.feed(name, data)
+        await writer.finish()
+
+    async def _drain(self, pump: asyncio.Task[None]) -> None:
+        try:
+            await asyncio.wait_for(pump, _DRAIN_TIMEOUT)
+        except TimeoutError:
+            await self.ctx.store.add_event(
+                self.run.id, "warning", "the log stream did not end after the container exited"
+            )
+        await self.ctx.sink.flush()
+
+    async def _wait_with_deadline(self) -> int:
+        assert self.container_id is not None
+        waiter = asyncio.ensure_future(self.ctx.runtime.wait(self.container_id))
+        stop = self.ctx.stop_requests.setdefault(self.run.id, asyncio.Event())
+        stopper = asyncio.ensure_future(stop.wait())
+        deadline = self._remaining_time()
+        try:
+            done, _ = await asyncio.wait(
+                {waiter, stopper}, timeout=deadline, return_when=asyncio.FIRST_COMPLETED
+            )
+            if waiter not in done:
+                intent = StopIntent.CANCEL if stopper in done else StopIntent.DEADLINE
+                await self._stop(intent)
+            return await waiter
+        finally:
+            stopper.cancel()
+            if not waiter.done():
+                waiter.cancel()
+
+    def _remaining_time(self) -> float | None:
+        timeout = self.run.spec.timeout_seconds
+        if timeout is None:
+            return None
+        started = self.run.started_at or utcnow()
+        return max(0.0, timeout - (utcnow() - started).total_seconds())
+
+    async def _stop(self, intent: StopIntent) -> None:
+        """Record why we stop it, then stop it: SIGTERM, grace period, SIGKILL."""
+        assert self.container_id is not None
+        grace = self.run.spec.stop_grace_period_seconds
+        message = (
+            f"deadline of {self.run.spec.timeout_seconds:g}s reached; stopping "
+            if intent is StopIntent.DEADLINE
+            else "cancel requested; stopping "
+        ) + f"with SIGTERM, SIGKILL after {grace:g}s"
+        await self._transition((str(intent), message), stop_intent=intent)
+        self.run = self.run.model_copy(update={"stop_intent": intent})
+        await self.ctx.runtime.stop(self.container_id, grace)
+
+    async def _finalize(self, exit_code: int) -> None:
+        assert self.container_id is not None
+        oom = await self._oom_killed(exit_code)
+        fresh = await self.ctx.store.get_run(self.run.id)
+        intent = fresh.stop_intent if fresh else self.run.stop_intent
+        outcome = classify_exit(exit_code, oom, intent)
+        if oom and outcome.status is RunStatus.COMPLETED:
+            await self.ctx.store.add_event(
+                self.run.id, "warning", "a process was OOM-killed but the job exited 0"
+            )
+        elif oom:
+            await self.ctx.store.add_event(self.run.id, "oom", "OOM-killed (Docker)")
+        await self._transition(
+            ("finished", f"{outcome.status}: {outcome.message}"),
+            data={"exit_code": exit_code, "oom_killed": oom},
+            status=outcome.status,
+            reason=outcome.reason,
+            message=outcome.message,
+            exit_code=exit_code,
+            oom_killed=oom,
+            finished_at=utcnow(),
+        )
+        await self._dispose_container()
+
+    async def _oom_killed(self, exit_code: int) -> bool:
+        assert self.container_id is not None
+        state = await self.ctx.runtime.inspect(self.container_id)
+        if state.oom_killed or self.container_id in self.ctx.oom_seen:
+            return True
+        if exit_code == 137 and self.run.stop_intent is None:
+            await asyncio.sleep(_OOM_RECHECK_DELAY)  # an unexplained 137: ask once more
+            state = await self.ctx.runtime.inspect(self.container_id)
+            return state.oom_killed or self.container_id in self.ctx.oom_seen
+        return False
+
+    async def _dispose_container(self) -> None:
+        if self.container_id is None:
+            return
+        keep = self.run.spec.keep_container_seconds
+        if keep:
+            await self.ctx.store.add_event(
+                self.run.id, "container_kept", f"container kept for {keep:g}s"
+            )
+            asyncio.get_running_loop().call_later(
+                keep, lambda: asyncio.ensure_future(self._remove_quietly())
+            )
+            return
+        await self._remove_quietly()
+
+    async def _remove_quietly(self) -> None:
+        assert self.container_id is not None
+        try:
+            await self.ctx.runtime.remove(self.container_id)
+            self.ctx.oom_seen.discard(self.container_id)
+            await self.ctx.store.add_event(
+                self.run.id, "container_removed", f"container {self.container_id[:12]} removed"
+            )
+        except EngineUnavailable as exc:
+            log.warning("container_remove_failed", run_id=self.run.id, error=str(exc))
+
+    async def _fail(self, reason: FailureReason, message: str) -> None:
+        log.info("run_failed", run_id=self.run.id, reason=str(reason), message=message)
+        await self._transition(
+            ("finished", f"failed: {reason}: {message}"),
+            status=RunStatus.FAILED,
+            reason=reason,
+            message=message,
+            finished_at=utcnow(),
+        )
+        if self.container_id is not None and reason is not FailureReason.LOST:
+            with contextlib.suppress(Exception):
+                await self.ctx.runtime.remove(self.container_id)
+
+    async def _transition(
+        self, event: tuple[str, str], data: dict[str, object] | None = None, **fields: object
+    ) -> None:
+        await self.ctx.store.update_run(self.run.id, event, data, **fields)
+        self.run = self.run.model_copy(update={k: v for k, v in fields.items()})
+        self.ctx.notifier.notify(self.run.id)

@@ -1,0 +1,43 @@
+"""Splitting raw output chunks into lines, with a line-length cap. Pure."""
+
+from __future__ import annotations
+
+
+class LineSplitter:
+    """Accumulates bytes of one stream and hands back complete lines.
+
+    Lines longer than `max_line_bytes` are split into several records, never dropped.
+    Deterministic: the same bytes always give the same lines, which lets recovery
+    after a restart skip the lines already stored by counting them.
+    """
+
+    def __init__(self, max_line_bytes: int) -> None:
+        self._max = max_line_bytes
+        self._buffer = bytearray()
+
+    def feed(self, data: bytes) -> list[bytes]:
+        self._buffer += data
+        lines: list[bytes] = []
+        while True:
+            cut = self._buffer.find(b"\n", 0, self._max + 1)
+            if cut >= 0:
+                lines.append(bytes(self._buffer[:cut]))
+                del self._buffer[: cut + 1]
+            elif len(self._buffer) > self._max:
+                lines.append(bytes(self._buffer[: self._max]))
+                del self._buffer[: self._max]
+            else:
+                return lines
+
+    def finish(self) -> list[bytes]:
+        """The unterminated last line, if any."""
+        if not self._buffer:
+            return []
+        rest = bytes(self._buffer)
+        self._buffer.clear()
+        return [rest]
+
+
+def split_all(data: bytes, max_line_bytes: int) -> list[bytes]:
+    splitter = LineSplitter(max_line_bytes)
+    return splitter.feed(data) + splitter.finish()

@@ -1,0 +1,1 @@
+"""Container runtimes. Only runtime/docker.py imports the docker SDK."""

@@ -1,0 +1,82 @@
+-- The schema the code expects: the result of every migration in order (checked by a test).
+CREATE TABLE namespaces (
+    name        TEXT PRIMARY KEY,
+    environment TEXT NOT NULL DEFAULT '{}',
+    network     TEXT,
+    created_at  TEXT NOT NULL,
+    updated_at  TEXT NOT NULL
+);
+
+CREATE TABLE jobs (
+    namespace  TEXT NOT NULL REFERENCES namespaces (name),
+    name       TEXT NOT NULL,
+    revision   INTEGER NOT NULL,
+    spec       TEXT NOT NULL,
+    spec_hash  TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    PRIMARY KEY (namespace, name)
+);
+
+-- Every revision ever applied; survives job deletion so revision numbers never repeat.
+CREATE TABLE job_revisions (
+    namespace  TEXT NOT NULL,
+    name       TEXT NOT NULL,
+    revision   INTEGER NOT NULL,
+    spec_hash  TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    PRIMARY KEY (namespace, name, revision)
+);
+
+-- AUTOINCREMENT: a pruned run's id is never handed out again.
+CREATE TABLE runs (
+    id             INTEGER PRIMARY KEY AUTOINCREMENT,
+    namespace      TEXT NOT NULL,
+    job            TEXT NOT NULL,
+    revision       INTEGER NOT NULL,
+    trigger        TEXT NOT NULL,
+    status         TEXT NOT NULL,
+    reason         TEXT,
+    message        TEXT,
+    exit_code      INTEGER,
+    oom_killed     INTEGER NOT NULL DEFAULT 0,
+    stop_intent    TEXT,
+    attempt        INTEGER NOT NULL DEFAULT 0,
+    created_at     TEXT NOT NULL,
+    started_at     TEXT,
+    finished_at    TEXT,
+    image          TEXT,
+    image_id       TEXT,
+    container_id   TEXT,
+    command        TEXT,
+    log_bytes      INTEGER NOT NULL DEFAULT 0,
+    log_truncated  INTEGER NOT NULL DEFAULT 0,
+    caller_uid     INTEGER,
+    spec           TEXT NOT NULL
+);
+CREATE INDEX runs_by_namespace ON runs (namespace, id);
+CREATE INDEX runs_by_job ON runs (namespace, job, id);
+CREATE INDEX runs_by_status ON runs (status, id);
+CREATE INDEX runs_by_finished ON runs (namespace, finished_at);
+
+CREATE TABLE run_events (
+    id      INTEGER PRIMARY KEY,
+    run_id  INTEGER NOT NULL,
+    time    TEXT NOT NULL,
+    type    TEXT NOT NULL,
+    message TEXT NOT NULL,
+    data    TEXT NOT NULL DEFAULT '{}'
+);
+CREATE INDEX run_events_by_run ON run_events (run_id, id);
+
+-- One row a line. stream: 0 system, 1 stdout, 2 stderr. time: microseconds since epoch.
+CREATE TABLE log_lines (
+    id      INTEGER PRIMARY KEY,
+    run_id  INTEGER NOT NULL,
+    seq     INTEGER NOT NULL,
+    attempt INTEGER NOT NULL,
+    stream  INTEGER NOT NULL,
+    time    INTEGER NOT NULL,
+    line    TEXT NOT NULL
+);
+CREATE UNIQUE INDEX log_lines_by_run ON log_lines (run_id, seq);

@@ -1,0 +1,545 @@
+"""The Store: one writer connection behind a lock, one reader connection (WAL).
+
+Every state transition is one `BEGIN IMMEDIATE` transaction that writes the run's
+fields and its event together, so history never shows a state without its event.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from ringjobs.exceptions import StoreUnavailable
+from ringjobs.models import (
+    JobSpec,
+    NamespaceSpec,
+    Run,
+    RunEvent,
+    Trigger,
+    format_time,
+    parse_time,
+    utcnow,
+)
+from ringjobs.store.queries import migrations, queries
+
+# Columns a transition may set; anything else is a programming error.
+_RUN_COLUMNS = frozenset(
+    {
+        "status",
+        "reason",
+        "message",
+        "exit_code",
+        "oom_killed",
+        "stop_intent",
+        "attempt",
+        "started_at",
+        "finished_at",
+        "image",
+        "image_id",
+        "container_id",
+        "command",
+    }
+)
+_PRUNE_BATCH = 500
+_STREAM_CODES = {"system": 0, "stdout": 1, "stderr": 2}
+_STREAM_NAMES = {code: name for name, code in _STREAM_CODES.items()}
+
+
+@dataclass(frozen=True)
+class LogRecord:
+    """One stored line of a run's output."""
+
+    seq: int
+    attempt: int
+    stream: str
+    time_us: int
+    line: str
+
+    def to_api(self) -> dict[str, Any]:
+        when = datetime.fromtimestamp(self.time_us / 1e6, UTC)
+        return {
+            "seq": self.seq,
+            "attempt": self.attempt,
+            "stream": self.stream,
+            "time": format_time(when),
+            "line": self.line,
+        }
+
+
+@dataclass(frozen=True)
+class StoredJob:
+    spec: JobSpec
+    revision: int
+    created_at: str
+    updated_at: str
+
+
+@dataclass(frozen=True)
+class ApplyOutcome:
+    spec: JobSpec
+    action: str
+    revision: int
+    run_id: int | None
+
+
+# Decides, inside the apply transaction, whether a changed job starts a run now.
+StartDecision = Callable[[JobSpec, list[int]], bool]
+
+
+def _q(name: str) -> str:
+    return queries()[name]
+
+
+class Store:
+    """Async access to the ringjobs database."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._writer: aiosqlite.Connection | None = None
+        self._reader: aiosqlite.Connection | None = None
+        self._lock: Any = None
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    async def open(self) -> None:
+        import asyncio
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = asyncio.Lock()
+        self._writer = await self._connect()
+        await self._migrate(self._writer)
+        self._reader = await self._connect()
+        await self._reader.execute("PRAGMA query_only = ON")
+
+    async def _connect(self) -> aiosqlite.Connection:
+        try:
+            db = await aiosqlite.connect(self.path, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"cannot open database {self.path}: {exc}") from exc
+        db.row_factory = aiosqlite.Row
+        # auto_vacuum must precede the first table; harmless afterwards.
+        for pragma in (
+            "auto_vacuum = INCREMENTAL",
+            "journal_mode = WAL",
+            "synchronous = FULL",
+            "foreign_keys = ON",
+            "busy_timeout = 5000",
+        ):
+            await db.execute(f"PRAGMA {pragma}")
+        return db
+
+    async def _migrate(self, db: aiosqlite.Connection) -> None:
+        async with db.execute("PRAGMA user_version") as cur:
+            row = await cur.fetchone()
+        current = int(row[0]) if row else 0
+        for version, script in migrations():
+            if version > current:
+                await db.executescript(
+                    f"BEGIN IMMEDIATE;\n{script}\nPRAGMA user_version = {version};\nCOMMIT;"
+                )
+
+    async def close(self) -> None:
+        for db in (self._reader, self._writer):
+            if db is not None:
+                await db.close()
+        self._reader = self._writer = None
+
+    @property
+    def schema_version(self) -> int:
+        return max(v for v, _ in migrations())
+
+    async def check(self) -> None:
+        """Raise StoreUnavailable unless the database answers a read."""
+        await self._fetchone("SELECT 1", {})
+
+    # -- plumbing ----------------------------------------------------------------
+
+    @asynccontextmanager
+    async def _write(self) -> AsyncIterator[aiosqlite.Connection]:
+        db = self._writer
+        if db is None:
+            raise StoreUnavailable("the database is closed (the daemon is shutting down)")
+        async with self._lock:
+            try:
+                await db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield db
+                except BaseException:
+                    await db.rollback()
+                    raise
+                await db.commit()
+            except sqlite3.OperationalError as exc:
+                raise StoreUnavailable(
+                    f"cannot write the database {self.path}: {exc} "
+                    "(check free disk space and that the file is writable)"
+                ) from exc
+
+    async def _fetchall(self, sql: str, params: Any) -> list[aiosqlite.Row]:
+        if self._reader is None:
+            raise StoreUnavailable("the database is closed (the daemon is shutting down)")
+        try:
+            async with self._reader.execute(sql, params) as cur:
+                return list(await cur.fetchall())
+        except sqlite3.OperationalError as exc:
+            raise StoreUnavailable(f"cannot read the database {self.path}: {exc}") from exc
+
+    async def _fetchone(self, sql: str, params: Any) -> aiosqlite.Row | None:
+        rows = await self._fetchall(sql, params)
+        return rows[0] if rows else None
+
+    # -- namespaces and jobs -----------------------------------------------------
+
+    async def apply(
+        self,
+        namespaces: Sequence[NamespaceSpec],
+        jobs: Sequence[JobSpec],
+        decide_start: StartDecision,
+        caller_uid: int | None,
+    ) -> list[ApplyOutcome]:
+        """Store namespaces and jobs, and the runs they start, all in one transaction."""
+        now = format_time(utcnow())
+        outcomes = []
+        async with self._write() as db:
+            for ns in namespaces:
+                await _upsert_namespace(db, ns.name, ns.model_dump(mode="json"), now, True)
+            for spec in jobs:
+                await _upsert_namespace(db, spec.namespace, None, now, False)
+                outcomes.append(await _apply_job(db, spec, now, decide_start, caller_uid))
+        return outcomes
+
+    async def get_namespace(self, name: str) -> dict[str, Any] | None:
+        row = await self._fetchone(_q("get_namespace"), {"name": name})
+        return dict(row) if row else None
+
+    async def list_namespaces(self) -> list[dict[str, Any]]:
+        rows = await self._fetchall(_q("list_namespaces"), {})
+        return [
+            {**dict(r), "environment": json.loads(r["environment"]).get("environment", {})}
+            for r in rows
+        ]
+
+    async def get_job(self, namespace: str, name: str) -> StoredJob | None:
+        row = await self._fetchone(_q("get_job"), {"namespace": namespace, "name": name})
+        return _job_from_row(row) if row else None
+
+    async def list_jobs(self, namespace: str | None) -> list[StoredJob]:
+        rows = await self._fetchall(_q("list_jobs"), {"namespace": namespace})
+        return [_job_from_row(r) for r in rows]
+
+    async def delete_job(self, namespace: str, name: str) -> None:
+        async with self._write() as db:
+            await db.execute(_q("delete_job"), {"namespace": namespace, "name": name})
+
+    # -- runs --------------------------------------------------------------------
+
+    async def create_run(
+        self, spec: JobSpec, revision: int, trigger: Trigger, caller_uid: int | None
+    ) -> int:
+        async with self._write() as db:
+            return await _insert_run(db, spec, revision, trigger, caller_uid)
+
+    async def get_run(self, run_id: int) -> Run | None:
+        row = await self._fetchone(_q("get_run"), {"id": run_id})
+        return run_from_row(row) if row else None
+
+    async def list_runs(
+        self,
+        namespace: str | None = None,
+        job: str | None = None,
+        status: str | None = None,
+        limit: int = 50,
+        before: int | None = None,
+    ) -> list[Run]:
+        params = {
+            "namespace": namespace,
+            "job": job,
+            "status": status,
+            "limit": limit,
+            "before": before,
+        }
+        return [run_from_row(r) for r in await self._fetchall(_q("list_runs"), params)]
+
+    async def active_runs(self) -> list[Run]:
+        return [run_from_row(r) for r in await self._fetchall(_q("active_runs"), {})]
+
+    async def active_run_ids(self, namespace: str, job: str) -> list[int]:
+        rows = await self._fetchall(_q("active_runs_of_job"), {"namespace": namespace, "job": job})
+        return [int(r[0]) for r in rows]
+
+    async def last_run(self, namespace: str, job: str) -> Run | None:
+        row = await self._fetchone(_q("last_run_of_job"), {"namespace": namespace, "job": job})
+        return run_from_row(row) if row else None
+
+    async def update_run(
+        self,
+        run_id: int,
+        event: tuple[str, str] | None = None,
+        data: dict[str, Any] | None = None,
+        **fields: Any,
+    ) -> None:
+        """Write a transition: the run's new fields and its event, atomically."""
+        unknown = set(fields) - _RUN_COLUMNS
+        if unknown:
+            raise ValueError(f"not run columns: {sorted(unknown)}")
+        values = {k: _to_column(v) for k, v in fields.items()}
+        async with self._write() as db:
+            if values:
+                assignments = ", ".join(f"{k} = :{k}" for k in values)
+                await db.execute(
+                    f"UPDATE runs SET {assignments} WHERE id = :run_id",
+                    {**values, "run_id": run_id},
+                )
+            if event is not None:
+                await _insert_event(db, run_id, event[0], event[1], data or {})
+
+    async def add_event(
+        self, run_id: int, type_: str, message: str, data: dict[str, Any] | None = None
+    ) -> None:
+        async with self._write() as db:
+            await _insert_event(db, run_id, type_, message, data or {})
+
+    async def list_events(self, run_id: int, after: int = 0) -> list[RunEvent]:
+        rows = await self._fetchall(_q("list_events"), {"run_id": run_id, "after": after})
+        return [
+            RunEvent(
+                id=r["id"],
+                run_id=r["run_id"],
+                time=parse_time(r["time"]),
+                type=r["type"],
+                message=r["message"],
+                data=json.loads(r["data"]),
+            )
+            for r in rows
+        ]
+
+    # -- logs --------------------------------------------------------------------
+
+    async def append_logs(
+        self,
+        lines: Sequence[tuple[int, int, int, str, int, str]],
+        byte_counts: dict[int, tuple[int, bool]],
+    ) -> None:
+        """Insert (run_id, seq, attempt, stream, time_us, line) rows in one transaction."""
+        rows = [(r, s, a, _STREAM_CODES[st], t, ln) for r, s, a, st, t, ln in lines]
+        async with self._write() as db:
+            await db.executemany(_q("insert_log_line"), rows)
+            for run_id, (count, truncated) in byte_counts.items():
+                await db.execute(
+                    _q("add_log_bytes"),
+                    {"bytes": count, "truncated": truncated, "run_id": run_id},
+                )
+
+    async def last_log_seq(self, run_id: int) -> int:
+        row = await self._fetchone(_q("last_log_seq"), {"run_id": run_id})
+        return int(row[0]) if row else 0
+
+    async def count_log_lines(self, run_id: int, attempt: int, stream: str) -> int:
+        params = {"run_id": run_id, "attempt": attempt, "stream": _STREAM_CODES[stream]}
+        row = await self._fetchone(_q("count_log_lines"), params)
+        return int(row[0]) if row else 0
+
+    async def read_logs(
+        self,
+        run_id: int,
+        after: int = 0,
+        since_us: int = 0,
+        stream: str | None = None,
+        limit: int = 1000,
+    ) -> list[LogRecord]:
+        params = {
+            "run_id": run_id,
+            "after": after,
+            "since": since_us,
+            "limit": limit,
+            "stream": _STREAM_CODES[stream] if stream else None,
+        }
+        return [_log_from_row(r) for r in await self._fetchall(_q("read_logs"), params)]
+
+    async def tail_logs(
+        self, run_id: int, tail: int, since_us: int = 0, stream: str | None = None
+    ) -> list[LogRecord]:
+        params = {
+            "run_id": run_id,
+            "tail": tail,
+            "since": since_us,
+            "stream": _STREAM_CODES[stream] if stream else None,
+        }
+        return [_log_from_row(r) for r in await self._fetchall(_q("tail_logs"), params)]
+
+    # -- prune -------------------------------------------------------------------
+
+    async def prunable_runs(self, namespace: str, include_active: bool) -> list[dict[str, Any]]:
+        rows = await self._fetchall(
+            _q("prunable_runs"), {"namespace": namespace, "all": include_active}
+        )
+        return [dict(r) for r in rows]
+
+    async def delete_runs(self, run_ids: Sequence[int]) -> tuple[int, int]:
+        """Delete runs with their logs and events, in batches; returns (lines, events)."""
+        lines = events = 0
+        for start in range(0, len(run_ids), _PRUNE_BATCH):
+            batch = list(run_ids[start : start + _PRUNE_BATCH])
+            marks = ",".join("?" * len(batch))
+            async with self._write() as db:
+                cur = await db.execute(f"DELETE FROM log_lines WHERE run_id IN ({marks})", batch)
+                lines += cur.rowcount
+                cur = await db.execute(f"DELETE FROM run_events WHERE run_id IN ({marks})", batch)
+                events += cur.rowcount
+                await db.execute(f"DELETE FROM runs WHERE id IN ({marks})", batch)
+        await self._reclaim_space()
+        return lines, events
+
+    async def _reclaim_space(self) -> None:
+        if self._writer is None:
+            return
+        async with self._lock:
+            # executescript frees every page at once (execute frees one per call).
+            await self._writer.executescript("PRAGMA incremental_vacuum;")
+            await self._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+
+# -- row helpers ---------------------------------------------------------------
+
+
+def _to_column(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return format_time(value)
+    if isinstance(value, list | dict):
+        return json.dumps(value)
+    if isinstance(value, bool):
+        return int(value)
+    return value
+
+
+def run_from_row(row: aiosqlite.Row) -> Run:
+    data = dict(row)
+    data["spec"] = JobSpec.model_validate_json(data["spec"])
+    data["command"] = json.loads(data["command"]) if data["command"] else None
+    data["oom_killed"] = bool(data["oom_killed"])
+    data["log_truncated"] = bool(data["log_truncated"])
+    for key in ("created_at", "started_at", "finished_at"):
+        data[key] = parse_time(data[key]) if data[key] else None
+    return Run.model_validate(data)
+
+
+def _job_from_row(row: aiosqlite.Row) -> StoredJob:
+    return StoredJob(
+        spec=JobSpec.model_validate_json(row["spec"]),
+        revision=row["revision"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+    )
+
+
+def _log_from_row(row: aiosqlite.Row) -> LogRecord:
+    return LogRecord(
+        seq=row["seq"],
+        attempt=row["attempt"],
+        stream=_STREAM_NAMES[row["stream"]],
+        time_us=row["time"],
+        line=row["line"],
+    )
+
+
+async def _upsert_namespace(
+    db: aiosqlite.Connection, name: str, settings: dict[str, Any] | None, now: str, replace: bool
+) -> None:
+    await db.execute(
+        _q("upsert_namespace"),
+        {
+            "name": name,
+            "environment": json.dumps(settings or {}),
+            "network": (settings or {}).get("network"),
+            "now": now,
+            "replace": replace,
+        },
+    )
+
+
+async def _apply_job(
+    db: aiosqlite.Connection,
+    spec: JobSpec,
+    now: str,
+    decide_start: StartDecision,
+    caller_uid: int | None,
+) -> ApplyOutcome:
+    key = {"namespace": spec.namespace, "name": spec.name}
+    async with db.execute(_q("get_job"), key) as cur:
+        current = await cur.fetchone()
+    spec_hash = spec.spec_hash()
+    if current is not None and current["spec_hash"] == spec_hash:
+        return ApplyOutcome(spec, "unchanged", current["revision"], None)
+    async with db.execute(_q("last_revision"), key) as cur:
+        row = await cur.fetchone()
+    revision = (row[0] or 0) + 1 if row else 1
+    params = {**key, "revision": revision, "spec_hash": spec_hash, "now": now}
+    await db.execute(_q("upsert_job"), {**params, "spec": spec.canonical_json()})
+    await db.execute(_q("insert_revision"), params)
+    async with db.execute(
+        _q("active_runs_of_job"), {"namespace": spec.namespace, "job": spec.name}
+    ) as cur:
+        active = [int(r[0]) for r in await cur.fetchall()]
+    run_id = None
+    if decide_start(spec, active):
+        run_id = await _insert_run(db, spec, revision, Trigger.APPLY, caller_uid)
+    return ApplyOutcome(spec, "created" if current is None else "updated", revision, run_id)
+
+
+async def _insert_run(
+    db: aiosqlite.Connection,
+    spec: JobSpec,
+    revision: int,
+    trigger: Trigger,
+    caller_uid: int | None,
+) -> int:
+    now = format_time(utcnow())
+    cur = await db.execute(
+        _q("insert_run"),
+        {
+            "namespace": spec.namespace,
+            "job": spec.name,
+            "revision": revision,
+            "trigger": str(trigger),
+            "now": now,
+            "image": spec.image,
+            "command": json.dumps(spec.command) if spec.command else None,
+            "caller_uid": caller_uid,
+            "spec": spec.canonical_json(),
+        },
+    )
+    run_id = int(cur.lastrowid or 0)
+    await _insert_event(
+        db,
+        run_id,
+        "created",
+        f"run created by {trigger} (revision {revision})",
+        {"trigger": str(trigger), "caller_uid": caller_uid},
+    )
+    return run_id
+
+
+async def _insert_event(
+    db: aiosqlite.Connection, run_id: int, type_: str, message: str, data: dict[str, Any]
+) -> None:
+    await db.execute(
+        _q("insert_event"),
+        {
+            "run_id": run_id,
+            "time": format_time(utcnow()),
+            "type": type_,
+            "message": message,
+            "data": json.dumps(data),
+        },
+    )
+
+
+def ids(rows: Iterable[dict[str, Any]]) -> list[int]:
+    return [int(r["id"]) for r in rows]
