@@ -51,8 +51,8 @@ class SocketLock:
             owner = handle.read().strip() or "unknown"
             handle.close()
             raise DaemonAlreadyRunning(
-                f"another ringjobs daemon (pid {owner}) is serving {self.path.parent}; "
-                "stop it first, or give this one another --socket"
+                f"a ringjobs daemon is already running (pid {owner}) for the socket in "
+                f"{self.path.parent}; stop it first, or give this one another --socket"
             ) from None
         handle.seek(0)
         handle.truncate()
@@ -109,8 +109,12 @@ class Daemon:
         await web.UnixSite(self.runner, str(self.config.socket)).start()
         self._secure_socket()
         self._install_signal_handlers()
-        log.info("daemon_started", socket=str(self.config.socket),
-                 database=str(self.config.database), pid=os.getpid())  # fmt: skip
+        log.info(
+            "daemon_started",
+            socket=str(self.config.socket),
+            database=str(self.config.database),
+            pid=os.getpid(),
+        )
 
     def _claim_socket_path(self) -> None:
         path = self.config.socket

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import struct
@@ -19,6 +20,7 @@ from ringjobs.exceptions import BadRequest, NotFound, StoreUnavailable
 from ringjobs.manifest import ManifestSource, load_manifests
 from ringjobs.models import Run, parse_time, utcnow
 from ringjobs.store import LogRecord, StoredJob
+from ringjobs.store.store import ApplyOutcome
 from ringjobs.units import UnitError, parse_duration
 
 MAX_BODY_BYTES = 8 * 1024 * 1024
@@ -79,7 +81,7 @@ async def health(request: web.Request) -> web.Response:
     docker: dict[str, Any]
     try:
         docker = {"ok": True, "version": await engine.runtime.version()}
-    except Exception as exc:  # noqa: BLE001 - health reports any failure as data
+    except Exception as exc:  # health reports any failure as data
         docker = {"ok": False, "error": str(exc)}
     try:
         await engine.store.check()
@@ -111,29 +113,57 @@ async def apply(request: web.Request) -> web.Response:
     engine = _engine(request)
     body = await _body(request)
     sources = _manifest_sources(body)
-    loaded = load_manifests(
-        sources, engine.config.policy, engine.config.defaults,
+    # Parsing a large manifest is CPU-bound (PyYAML): keep the event loop free meanwhile.
+    loaded = await asyncio.to_thread(
+        load_manifests,
+        sources,
+        engine.config.policy,
+        engine.config.defaults,
         skip_workers=bool(body.get("skip_workers", False)),
-    )  # fmt: skip
+    )
     namespaces = [{"name": ns.name, "action": "applied"} for ns in loaded.namespaces]
     if body.get("dry_run"):
-        jobs = [{"namespace": s.namespace, "name": s.name, "revision": None, "action": "dry_run",
-                 "run_id": None, "spec": s.model_dump(mode="json")} for s in loaded.jobs]  # fmt: skip
-        return _json({"dry_run": True, "jobs": jobs, "namespaces": namespaces,
-                      "warnings": loaded.warnings})  # fmt: skip
+        jobs = [
+            {
+                "namespace": s.namespace,
+                "name": s.name,
+                "revision": None,
+                "action": "dry_run",
+                "run_id": None,
+                "spec": s.model_dump(mode="json"),
+            }
+            for s in loaded.jobs
+        ]
+        return _json(
+            {"dry_run": True, "jobs": jobs, "namespaces": namespaces, "warnings": loaded.warnings}
+        )
     outcomes = await engine.apply(loaded, peer_uid(request))
-    warnings = list(loaded.warnings)
-    jobs = []
-    for o in outcomes:
-        jobs.append({"namespace": o.spec.namespace, "name": o.spec.name, "revision": o.revision,
-                     "action": o.action, "run_id": o.run_id,
-                     "spec": o.spec.model_dump(mode="json")})  # fmt: skip
-        if o.action != "unchanged" and o.run_id is None and not (o.spec.schedule or o.spec.suspend):
-            warnings.append(
-                f"job {o.spec.key}: revision {o.revision} stored but no run started: a run is "
-                "still active and concurrency_policy is Forbid (it was not stopped)"
-            )
+    warnings = list(loaded.warnings) + [w for o in outcomes if (w := _not_started_warning(o))]
+    jobs = [_outcome_view(o) for o in outcomes]
     return _json({"dry_run": False, "jobs": jobs, "namespaces": namespaces, "warnings": warnings})
+
+
+def _outcome_view(outcome: ApplyOutcome) -> dict[str, Any]:
+    return {
+        "namespace": outcome.spec.namespace,
+        "name": outcome.spec.name,
+        "revision": outcome.revision,
+        "action": outcome.action,
+        "run_id": outcome.run_id,
+        "spec": outcome.spec.model_dump(mode="json"),
+    }
+
+
+def _not_started_warning(outcome: ApplyOutcome) -> str | None:
+    spec = outcome.spec
+    if outcome.action == "unchanged" or outcome.run_id is not None:
+        return None
+    if spec.schedule or spec.suspend:
+        return None
+    return (
+        f"job {spec.key}: revision {outcome.revision} stored but no run started: a run is "
+        "still active and concurrency_policy is Forbid (the active run was not stopped)"
+    )
 
 
 def _manifest_sources(body: dict[str, Any]) -> list[ManifestSource]:
@@ -144,8 +174,9 @@ def _manifest_sources(body: dict[str, Any]) -> list[ManifestSource]:
     for index, item in enumerate(manifests):
         if not (isinstance(item, dict) and isinstance(item.get("content"), str)):
             raise BadRequest(f'manifests[{index}] must be {{"source": str, "content": str}}')
-        sources.append(ManifestSource(str(item.get("source") or f"manifest-{index}"),
-                                      item["content"]))  # fmt: skip
+        sources.append(
+            ManifestSource(str(item.get("source") or f"manifest-{index}"), item["content"])
+        )
     return sources
 
 
@@ -195,11 +226,15 @@ async def _require_namespace(engine: Engine, namespace: str) -> None:
 async def _job_view(engine: Engine, job: StoredJob, with_spec: bool) -> dict[str, Any]:
     last = await engine.store.last_run(job.spec.namespace, job.spec.name)
     view: dict[str, Any] = {
-        "namespace": job.spec.namespace, "name": job.spec.name, "revision": job.revision,
-        "schedule": job.spec.schedule, "suspend": job.spec.suspend,
-        "created_at": job.created_at, "updated_at": job.updated_at,
+        "namespace": job.spec.namespace,
+        "name": job.spec.name,
+        "revision": job.revision,
+        "schedule": job.spec.schedule,
+        "suspend": job.spec.suspend,
+        "created_at": job.created_at,
+        "updated_at": job.updated_at,
         "last_run": last.to_api() if last else None,
-    }  # fmt: skip
+    }
     if with_spec:
         view["spec"] = job.spec.model_dump(mode="json")
     return view
@@ -215,10 +250,12 @@ async def list_runs(request: web.Request) -> web.Response:
     if namespace is not None:
         await _require_namespace(engine, namespace)
     runs = await engine.store.list_runs(
-        namespace=namespace, job=query.get("job") or None, status=query.get("status") or None,
+        namespace=namespace,
+        job=query.get("job") or None,
+        status=query.get("status") or None,
         limit=_int_param(query.get("limit"), "limit", 50, 1, 1000),
         before=_int_param(query.get("before"), "before", None, 1, None),
-    )  # fmt: skip
+    )
     return _json({"runs": [r.to_api() for r in runs]})
 
 
@@ -230,8 +267,9 @@ async def get_run(request: web.Request) -> web.Response:
 async def wait_run(request: web.Request) -> web.Response:
     engine = _engine(request)
     run = await _require_run(engine, request.match_info["id"])
-    timeout = min(float(_int_param(request.query.get("timeout"), "timeout", 30, 0, None)),
-                  _WAIT_MAX)  # fmt: skip
+    timeout = min(
+        float(_int_param(request.query.get("timeout"), "timeout", 30, 0, None)), _WAIT_MAX
+    )
     deadline = utcnow() + timedelta(seconds=timeout)
     while not run.status.is_terminal:
         remaining = (deadline - utcnow()).total_seconds()
@@ -327,13 +365,16 @@ async def prune_namespace(request: web.Request) -> web.Response:
     result = await engine.prune(namespace, bool(body.get("all")), bool(body.get("dry_run")))
     return _json(
         {
-            "namespace": namespace, "dry_run": result.dry_run, "run_ids": result.run_ids,
+            "namespace": namespace,
+            "dry_run": result.dry_run,
+            "run_ids": result.run_ids,
             "runs_removed": 0 if result.dry_run else len(result.run_ids),
             "log_lines_removed": result.log_lines_removed,
             "events_removed": result.events_removed,
-            "containers_removed": result.containers_removed, "cancelled": result.cancelled,
+            "containers_removed": result.containers_removed,
+            "cancelled": result.cancelled,
         }
-    )  # fmt: skip
+    )
 
 
 def _redact(value: Any) -> Any:
@@ -359,9 +400,7 @@ async def _body(request: web.Request, required: bool = True) -> dict[str, Any]:
     return body
 
 
-def _int_param(
-    raw: str | None, name: str, default: int | None, low: int, high: int | None
-) -> Any:
+def _int_param(raw: str | None, name: str, default: int | None, low: int, high: int | None) -> Any:
     if raw is None or raw == "":
         return default
     try:

@@ -42,67 +42,144 @@ def _paths() -> dict[str, Any]:
     body = {"content": {"application/json": {"schema": _OBJECT}}}
     return {
         "/v1/health": {"get": _op("Daemon, Docker and database health", _answer(_OBJECT))},
-        "/v1/apply": {"post": _op("Apply manifests", _answer(_OBJECT), 400, 413, 422,
-                                  requestBody={**body, "required": True})},
-        "/v1/jobs": {"get": _op("List jobs", _answer(_OBJECT), 404,
-                                parameters=[_param("namespace")])},
+        "/v1/apply": {
+            "post": _op(
+                "Apply manifests",
+                _answer(_OBJECT),
+                400,
+                413,
+                422,
+                requestBody={**body, "required": True},
+            )
+        },
+        "/v1/jobs": {
+            "get": _op("List jobs", _answer(_OBJECT), 404, parameters=[_param("namespace")])
+        },
         "/v1/jobs/{ns}/{name}": {
             "get": _op("Inspect a job", _answer(_OBJECT), 404, parameters=_NS_NAME),
             "delete": _op("Delete a job", _answer(_OBJECT), 404, 409, parameters=_NS_NAME),
         },
         "/v1/jobs/{ns}/{name}/runs": {
-            "post": {"summary": "Start a run of the current revision", "parameters": _NS_NAME,
-                     "responses": {"201": _answer(_RUN), **_errors(404, 409)}},
+            "post": {
+                "summary": "Start a run of the current revision",
+                "parameters": _NS_NAME,
+                "responses": {"201": _answer(_RUN), **_errors(404, 409)},
+            },
         },
-        "/v1/runs": {"get": _op("List runs, newest first", _answer(_OBJECT), 400, 404,
-                                parameters=[_param("namespace"), _param("job"),
-                                            _param("status"), _param("limit", "integer"),
-                                            _param("before", "integer")])},
-        "/v1/runs/{id}": {"get": _op("Inspect a run", _answer(_RUN), 400, 404,
-                                     parameters=_RUN_ID)},
-        "/v1/runs/{id}/wait": {"get": _op("Wait until the run is terminal or timeout",
-                                          _answer(_RUN), 400, 404,
-                                          parameters=[*_RUN_ID, _param("timeout", "integer")])},
-        "/v1/runs/{id}/logs": {"get": _op("Log records as NDJSON", _answer(_OBJECT, _NDJSON),
-                                          400, 404,
-                                          parameters=[*_RUN_ID, _param("follow"),
-                                                      _param("tail", "integer"),
-                                                      _param("since"), _param("stream")])},
-        "/v1/runs/{id}/events": {"get": _op("Events as NDJSON", _answer(_OBJECT, _NDJSON),
-                                            400, 404,
-                                            parameters=[*_RUN_ID, _param("follow")])},
+        "/v1/runs": {
+            "get": _op(
+                "List runs, newest first",
+                _answer(_OBJECT),
+                400,
+                404,
+                parameters=[
+                    _param("namespace"),
+                    _param("job"),
+                    _param("status"),
+                    _param("limit", "integer"),
+                    _param("before", "integer"),
+                ],
+            )
+        },
+        "/v1/runs/{id}": {"get": _op("Inspect a run", _answer(_RUN), 400, 404, parameters=_RUN_ID)},
+        "/v1/runs/{id}/wait": {
+            "get": _op(
+                "Wait until the run is terminal or timeout",
+                _answer(_RUN),
+                400,
+                404,
+                parameters=[*_RUN_ID, _param("timeout", "integer")],
+            )
+        },
+        "/v1/runs/{id}/logs": {
+            "get": _op(
+                "Log records as NDJSON",
+                _answer(_OBJECT, _NDJSON),
+                400,
+                404,
+                parameters=[
+                    *_RUN_ID,
+                    _param("follow"),
+                    _param("tail", "integer"),
+                    _param("since"),
+                    _param("stream"),
+                ],
+            )
+        },
+        "/v1/runs/{id}/events": {
+            "get": _op(
+                "Events as NDJSON",
+                _answer(_OBJECT, _NDJSON),
+                400,
+                404,
+                parameters=[*_RUN_ID, _param("follow")],
+            )
+        },
         "/v1/namespaces": {"get": _op("List namespaces", _answer(_OBJECT))},
-        "/v1/namespaces/{ns}/prune": {"post": _op(
-            "Remove finished runs with their logs, events and containers", _answer(_OBJECT),
-            400, 404, parameters=[_param("ns", where="path")], requestBody=body)},
-    }  # fmt: skip
+        "/v1/namespaces/{ns}/prune": {
+            "post": _op(
+                "Remove finished runs with their logs, events and containers",
+                _answer(_OBJECT),
+                400,
+                404,
+                parameters=[_param("ns", where="path")],
+                requestBody=body,
+            )
+        },
+    }
 
 
 def _schemas() -> dict[str, Any]:
     nullable_str = {"type": ["string", "null"]}
     nullable_int = {"type": ["integer", "null"]}
     run_props = {
-        "id": {"type": "integer"}, "namespace": {"type": "string"}, "job": {"type": "string"},
-        "revision": {"type": "integer"}, "trigger": {"type": "string"},
-        "status": {"type": "string", "enum": ["pending", "starting", "running", "completed",
-                                              "failed", "cancelled"]},
-        "reason": nullable_str, "message": nullable_str, "exit_code": nullable_int,
-        "oom_killed": {"type": "boolean"}, "stop_intent": nullable_str,
-        "attempt": {"type": "integer"}, "created_at": {"type": "string"},
-        "started_at": nullable_str, "finished_at": nullable_str, "image": nullable_str,
-        "image_id": nullable_str, "container_id": nullable_str,
+        "id": {"type": "integer"},
+        "namespace": {"type": "string"},
+        "job": {"type": "string"},
+        "revision": {"type": "integer"},
+        "trigger": {"type": "string"},
+        "status": {
+            "type": "string",
+            "enum": ["pending", "starting", "running", "completed", "failed", "cancelled"],
+        },
+        "reason": nullable_str,
+        "message": nullable_str,
+        "exit_code": nullable_int,
+        "oom_killed": {"type": "boolean"},
+        "stop_intent": nullable_str,
+        "attempt": {"type": "integer"},
+        "created_at": {"type": "string"},
+        "started_at": nullable_str,
+        "finished_at": nullable_str,
+        "image": nullable_str,
+        "image_id": nullable_str,
+        "container_id": nullable_str,
         "command": {"type": ["array", "null"], "items": {"type": "string"}},
-        "log_bytes": {"type": "integer"}, "log_truncated": {"type": "boolean"},
+        "log_bytes": {"type": "integer"},
+        "log_truncated": {"type": "boolean"},
         "caller_uid": nullable_int,
-    }  # fmt: skip
-    violation = {"type": "object", "properties": {
-        "path": {"type": "string"}, "message": {"type": "string"}, "code": {"type": "string"},
-        "source": nullable_str}}  # fmt: skip
-    problem = {"type": "object", "required": ["type", "title", "status", "detail"],
-               "properties": {"type": {"type": "string"}, "title": {"type": "string"},
-                              "status": {"type": "integer"}, "detail": {"type": "string"},
-                              "code": {"type": "string"},
-                              "violations": {"type": "array", "items": violation}}}  # fmt: skip
+    }
+    violation = {
+        "type": "object",
+        "properties": {
+            "path": {"type": "string"},
+            "message": {"type": "string"},
+            "code": {"type": "string"},
+            "source": nullable_str,
+        },
+    }
+    problem = {
+        "type": "object",
+        "required": ["type", "title", "status", "detail"],
+        "properties": {
+            "type": {"type": "string"},
+            "title": {"type": "string"},
+            "status": {"type": "integer"},
+            "detail": {"type": "string"},
+            "code": {"type": "string"},
+            "violations": {"type": "array", "items": violation},
+        },
+    }
     return {"Run": {"type": "object", "properties": run_props}, "Problem": problem}
 
 

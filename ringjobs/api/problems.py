@@ -28,9 +28,12 @@ _TITLES = {
 
 
 def problem(
-    status: int, detail: str, code: str, title: str | None = None,
+    status: int,
+    detail: str,
+    code: str,
+    title: str | None = None,
     violations: list[dict[str, Any]] | None = None,
-) -> web.Response:  # fmt: skip
+) -> web.Response:
     body: dict[str, Any] = {
         "type": f"urn:ringjobs:problem:{code}",
         "title": title or _TITLES.get(status, "error"),

@@ -65,6 +65,7 @@ class Engine:
         self._slots = asyncio.Semaphore(config.max_concurrent_runs)
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self._background: list[asyncio.Task[None]] = []
+        self._changed = asyncio.Event()
         self.engine_ok = False
 
     # -- lifecycle -------------------------------------------------------------------
@@ -86,8 +87,11 @@ class Engine:
 
     async def wait_idle(self) -> None:
         """Until no run is queued or executing (tests and burst mode)."""
-        while self._tasks or not self._queue.empty():
-            await asyncio.sleep(0.05)
+        while True:
+            self._changed.clear()  # clear before checking, so no change is missed
+            if not self._tasks and self._queue.empty():
+                return
+            await self._changed.wait()
 
     @property
     def active_count(self) -> int:
@@ -105,8 +109,9 @@ class Engine:
             run = await self.store.get_run(run_id)
             if run is None or run.status != RunStatus.PENDING:
                 self._slots.release()
-                continue
-            self._spawn(run_id, RunExecutor(self.ctx, run).execute())
+            else:
+                self._spawn(run_id, RunExecutor(self.ctx, run).execute())
+            self._changed.set()
 
     def _spawn(self, run_id: int, work: object) -> None:
         async def guarded() -> None:
@@ -120,6 +125,7 @@ class Engine:
                 self._tasks.pop(run_id, None)
                 self._slots.release()
                 self.notifier.notify(run_id)
+                self._changed.set()
 
         self._tasks[run_id] = asyncio.create_task(guarded(), name=f"run-{run_id}")
 
@@ -201,9 +207,11 @@ class Engine:
         run = await self.store.get_run(run_id)
         if run is not None and not run.status.is_terminal:
             await self.store.update_run(
-                run_id, ("finished", "cancelled by prune --all"),
-                status=RunStatus.CANCELLED, message="cancelled by namespace prune --all",
-            )  # fmt: skip
+                run_id,
+                ("finished", "cancelled by prune --all"),
+                status=RunStatus.CANCELLED,
+                message="cancelled by namespace prune --all",
+            )
 
     async def _remove_leftovers(self, run_ids: set[int]) -> int:
         removed = 0
@@ -245,10 +253,12 @@ class Engine:
             await self._requeue(run, "no container was created before the restart")
         else:
             await self.store.update_run(
-                run.id, ("finished", "container disappeared while the daemon was down"),
-                status=RunStatus.FAILED, reason="lost",
+                run.id,
+                ("finished", "container disappeared while the daemon was down"),
+                status=RunStatus.FAILED,
+                reason="lost",
                 message=f"container {run.container_id[:12]} was removed by someone else",
-            )  # fmt: skip
+            )
 
     async def _requeue(self, run: Run, why: str) -> None:
         await self.store.update_run(

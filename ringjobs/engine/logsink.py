@@ -138,8 +138,10 @@ class LogSink:
             self._on_flush(run_id)
 
     def _restore(
-        self, lines: list[tuple[int, int, int, str, int, str]],
-        counts: dict[int, tuple[int, bool]], size: int,
+        self,
+        lines: list[tuple[int, int, int, str, int, str]],
+        counts: dict[int, tuple[int, bool]],
+        size: int,
     ) -> None:
         self._pending = lines + self._pending
         for run_id, (count, truncated) in counts.items():

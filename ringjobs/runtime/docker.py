@@ -78,6 +78,38 @@ class DockerRuntime:
                 "check that dockerd is running and its socket is readable"
             ) from exc
 
+    async def _call_detached(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run a call that may block for as long as a container lives on a daemon thread.
+
+        Pool threads are joined at interpreter exit, so a daemon stopping with containers
+        still running would wait for them; daemon threads are simply dropped.
+        """
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+
+        def deliver(setter: Callable[[Any], None], value: Any) -> None:
+            if not future.done():
+                setter(value)
+
+        def target() -> None:
+            try:
+                result = fn(*args, **kwargs)
+            except BaseException as exc:  # handed to the awaiting coroutine
+                outcome: tuple[Callable[[Any], None], Any] = (future.set_exception, exc)
+            else:
+                outcome = (future.set_result, result)
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+                loop.call_soon_threadsafe(deliver, *outcome)
+
+        threading.Thread(target=target, daemon=True, name="docker-long").start()
+        try:
+            return await future
+        except requests.exceptions.ConnectionError as exc:
+            raise EngineUnavailable(
+                f"lost the Docker engine ({exc.__class__.__name__}); "
+                "check that dockerd is running and its socket is readable"
+            ) from exc
+
     async def version(self) -> str:
         info = await self._call(self._client.version)
         return str(info.get("Version", "unknown"))
@@ -128,7 +160,10 @@ class DockerRuntime:
             return
         try:
             await self._call(
-                self._api.create_network, name, driver="bridge", labels=labels,
+                self._api.create_network,
+                name,
+                driver="bridge",
+                labels=labels,
                 check_duplicate=True,
             )
         except docker.errors.APIError as exc:
@@ -166,19 +201,17 @@ class DockerRuntime:
             except Exception:
                 pass
             finally:
-                with contextlib.suppress(Exception):
-                    sock.close()
+                _close_socket(sock)
                 if not loop.is_closed():
                     with contextlib.suppress(RuntimeError):
                         asyncio.run_coroutine_threadsafe(queue.put(None), loop)
 
-        future = loop.run_in_executor(self._pool, pump)
+        future = asyncio.ensure_future(self._call_detached(pump))
         try:
             while (item := await queue.get()) is not None:
                 yield item
         finally:
-            with contextlib.suppress(Exception):
-                sock.close()
+            _close_socket(sock)
             while not queue.empty():  # unblock the pump if it waits on a full queue
                 queue.get_nowait()
             with contextlib.suppress(Exception):
@@ -194,7 +227,7 @@ class DockerRuntime:
 
     async def wait(self, container_id: str) -> int:
         try:
-            result = await self._call(self._api.wait, container_id, timeout=None)
+            result = await self._call_detached(self._api.wait, container_id, timeout=None)
         except docker.errors.NotFound as exc:
             raise ContainerNotFound(f"container {container_id[:12]} is gone") from exc
         return int(result.get("StatusCode", -1))
@@ -241,7 +274,7 @@ class DockerRuntime:
         """Managed containers' events; reconnects with `since` so none is lost."""
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[RuntimeEvent] = asyncio.Queue()
-        future = loop.run_in_executor(self._pool, self._listen, loop, queue)
+        future = asyncio.ensure_future(self._call_detached(self._listen, loop, queue))
         try:
             while True:
                 yield await queue.get()
@@ -324,6 +357,14 @@ def _create_kwargs(spec: ContainerSpec) -> dict[str, Any]:
     elif spec.network:
         kwargs["network"] = spec.network
     return kwargs
+
+
+def _close_socket(sock: Any) -> None:
+    """docker-py hands out a SocketIO wrapper; the real socket and response need closing too."""
+    for part in (sock, getattr(sock, "_sock", None), getattr(sock, "_response", None)):
+        if part is not None:
+            with contextlib.suppress(Exception):
+                part.close()
 
 
 def _mount(volume: Any) -> Mount:

@@ -1,0 +1,335 @@
+"""The engine against the real Docker engine: statuses, reasons, logs, hardening."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import time
+from collections.abc import AsyncIterator, Iterable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ringjobs.config import Config, load_config
+from ringjobs.engine.engine import Engine
+from ringjobs.models import JobSpec, Run, RunStatus, Trigger
+from ringjobs.runtime.docker import DockerRuntime
+from ringjobs.store import Store
+
+pytestmark = pytest.mark.docker
+
+IMAGE = "ringjobs-test:latest"
+
+
+def make_config(tmp: Path, **overrides: Any) -> Config:
+    return load_config(
+        None, {"database": tmp / "rj.db", "socket": tmp / "rj.sock", **overrides}, environ={}
+    )
+
+
+class Harness:
+    """An engine with a real store and the real Docker runtime."""
+
+    def __init__(self, config: Config, namespace: str) -> None:
+        self.config = config
+        self.namespace = namespace
+        self.store = Store(config.database)
+        self.runtime = DockerRuntime(None, config.max_concurrent_runs)
+        self.engine = Engine(self.store, self.runtime, config)
+
+    async def start(self) -> None:
+        await self.store.open()
+        await self.engine.start()
+
+    async def stop(self) -> None:
+        await self.engine.stop()
+        await self.store.close()
+        await self.runtime.close()
+
+    def spec(self, name: str, command: list[str], **fields: Any) -> JobSpec:
+        return JobSpec(
+            namespace=self.namespace,
+            name=name,
+            image=IMAGE,
+            command=command,
+            timeout_seconds=fields.pop("timeout_seconds", 60.0),
+            **fields,
+        )
+
+    async def submit(self, spec: JobSpec) -> int:
+        run_id = await self.store.create_run(spec, 1, Trigger.MANUAL, 0)
+        self.engine.enqueue(run_id)
+        return run_id
+
+    async def finished(self, run_id: int, within: float = 60.0) -> Run:
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline:
+            token = self.engine.notifier.token(run_id)
+            run = await self.store.get_run(run_id)
+            assert run is not None
+            if run.status.is_terminal:
+                await self.engine.wait_idle()
+                return run
+            await self.engine.notifier.wait(token, 0.5)
+        raise AssertionError(f"run {run_id} did not finish within {within}s")
+
+    async def run(self, spec: JobSpec) -> Run:
+        return await self.finished(await self.submit(spec))
+
+    async def lines(self, run_id: int, stream: str | None = None) -> list[str]:
+        records = await self.store.read_logs(run_id, stream=stream, limit=1_000_000)
+        return [r.line for r in records]
+
+    async def event_types(self, run_id: int) -> list[str]:
+        return [e.type for e in await self.store.list_events(run_id)]
+
+
+@pytest.fixture
+async def harness(namespace: str, tmp_path: Path) -> AsyncIterator[Harness]:
+    h = Harness(make_config(tmp_path), namespace)
+    await h.start()
+    yield h
+    await h.stop()
+
+
+def containers_of(namespace: str) -> list[str]:
+    out = subprocess.run(
+        ["docker", "ps", "-aq", "--filter", f"label=io.ringjobs.namespace={namespace}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return out.stdout.split()
+
+
+async def test_exit_zero_completes_keeps_logs_and_removes_the_container(harness: Harness) -> None:
+    run = await harness.run(harness.spec("ok", ["sh", "-c", "echo hello; echo world"]))
+    assert (run.status, run.reason, run.exit_code, run.oom_killed) == (
+        RunStatus.COMPLETED,
+        None,
+        0,
+        False,
+    )
+    assert run.attempt == 1 and run.started_at and run.finished_at
+    assert run.image_id and run.image_id.startswith("sha256:")
+    assert await harness.lines(run.id) == ["hello", "world"]
+    assert run.log_bytes == len("hello\nworld\n")
+    types = await harness.event_types(run.id)
+    assert types[:2] == ["created", "starting"]
+    assert types[-2:] == ["finished", "container_removed"]
+    assert containers_of(harness.namespace) == []
+
+
+async def test_exit_three_fails_with_its_exit_code(harness: Harness) -> None:
+    run = await harness.run(harness.spec("three", ["sh", "-c", "echo bye >&2; exit 3"]))
+    assert (run.status, run.reason, run.exit_code) == (RunStatus.FAILED, "exit_code", 3)
+    assert await harness.lines(run.id, "stderr") == ["bye"]
+
+
+async def test_oom_kill_under_32mi_is_reported_from_docker(harness: Harness) -> None:
+    spec = harness.spec(
+        "oom",
+        ["sh", "-c", "head -c 200m /dev/zero | tail"],
+        resources={"memory_limit_bytes": 32 * 2**20},
+    )
+    run = await harness.run(spec)
+    assert (run.status, run.reason, run.oom_killed) == (RunStatus.FAILED, "oom_killed", True)
+    assert run.exit_code == 137
+    assert "oom" in await harness.event_types(run.id)
+
+
+async def test_exit_137_without_oom_is_a_signal_not_an_oom(harness: Harness) -> None:
+    run = await harness.run(harness.spec("fake137", ["sh", "-c", "exit 137"]))
+    assert (run.status, run.reason, run.oom_killed) == (RunStatus.FAILED, "signal", False)
+
+
+async def test_twenty_thousand_lines_are_all_kept_in_order(harness: Harness) -> None:
+    run = await harness.run(harness.spec("many", ["seq", "20000"]))
+    assert run.status == RunStatus.COMPLETED
+    assert await harness.lines(run.id) == [str(i) for i in range(1, 20001)]
+    seqs = [r.seq for r in await harness.store.read_logs(run.id, limit=1_000_000)]
+    assert seqs == list(range(1, 20001))
+
+
+async def test_stdout_and_stderr_stay_apart(harness: Harness) -> None:
+    script = "for i in 1 2 3; do echo out$i; echo err$i >&2; done"
+    run = await harness.run(harness.spec("streams", ["sh", "-c", script]))
+    assert await harness.lines(run.id, "stdout") == ["out1", "out2", "out3"]
+    assert await harness.lines(run.id, "stderr") == ["err1", "err2", "err3"]
+
+
+async def test_unterminated_last_line_and_long_lines_are_kept(harness: Harness) -> None:
+    script = "head -c 40000 /dev/zero | tr '\\0' x; echo; printf tail"
+    run = await harness.run(harness.spec("long", ["sh", "-c", script]))
+    lines = await harness.lines(run.id)
+    assert lines[-1] == "tail"
+    assert "".join(lines[:-1]) == "x" * 40000  # split at logs.max_line_bytes, never dropped
+    assert all(len(line) <= harness.config.logs.max_line_bytes for line in lines)
+
+
+async def test_unknown_image_fails_at_once_without_retry(harness: Harness) -> None:
+    spec = JobSpec(
+        namespace=harness.namespace,
+        name="noimg",
+        image="ringjobs-missing:none",
+        command=["true"],
+        image_pull_policy="Never",
+    )
+    run = await harness.run(spec)
+    assert (run.status, run.reason, run.attempt) == (RunStatus.FAILED, "image_not_found", 1)
+    assert "ringjobs-missing:none" in (run.message or "")
+    assert containers_of(harness.namespace) == []
+
+
+async def test_deadline_stops_the_container_and_says_so(harness: Harness) -> None:
+    spec = harness.spec("slow", ["sleep", "60"], timeout_seconds=1.0, stop_grace_period_seconds=1.0)
+    started = time.monotonic()
+    run = await harness.run(spec)
+    assert time.monotonic() - started < 20
+    assert (run.status, run.reason, run.stop_intent) == (
+        RunStatus.FAILED,
+        "deadline_exceeded",
+        "deadline",
+    )
+    types = await harness.event_types(run.id)
+    assert types.index("deadline") < types.index("finished")
+
+
+async def test_log_cap_truncates_with_a_visible_marker(namespace: str, tmp_path: Path) -> None:
+    config = make_config(tmp_path, logs={"max_bytes_per_run": "1Ki"})
+    h = Harness(config, namespace)
+    await h.start()
+    try:
+        run = await h.run(h.spec("chatty", ["seq", "5000"]))
+    finally:
+        await h.stop()
+    assert run.status == RunStatus.COMPLETED and run.log_truncated
+    records = await _read_all(config, run.id)
+    assert records[-1]["stream"] == "system" and "truncated" in records[-1]["line"]
+    assert sum(len(r["line"]) + 1 for r in records[:-1]) <= 1024
+
+
+async def _read_all(config: Config, run_id: int) -> list[dict[str, Any]]:
+    store = Store(config.database)
+    await store.open()
+    try:
+        return [r.to_api() for r in await store.read_logs(run_id, limit=100_000)]
+    finally:
+        await store.close()
+
+
+async def docker_cli(*args: str) -> str:
+    proc = await asyncio.create_subprocess_exec(
+        "docker", *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    out, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode()
+    return out.decode()
+
+
+def docker_inspect(container_id: str) -> dict[str, Any]:
+    out = subprocess.run(
+        ["docker", "inspect", container_id], capture_output=True, text=True, check=True
+    )
+    return dict(json.loads(out.stdout)[0])
+
+
+async def running_container(h: Harness, run_id: int) -> str:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        run = await h.store.get_run(run_id)
+        if run and run.status == RunStatus.RUNNING and run.container_id:
+            return run.container_id
+        await asyncio.sleep(0.05)
+    raise AssertionError("the run never reached running")
+
+
+async def test_container_is_hardened_and_labelled(harness: Harness) -> None:
+    run_id = await harness.submit(
+        harness.spec("hard", ["sleep", "30"], timeout_seconds=60.0, stop_grace_period_seconds=1.0)
+    )
+    info = docker_inspect(await running_container(harness, run_id))
+    host = info["HostConfig"]
+    assert host["CapDrop"] == ["ALL"] and not host["CapAdd"]
+    assert "no-new-privileges" in host["SecurityOpt"]
+    assert host["Privileged"] is False and host["Init"] is True
+    assert host["PidsLimit"] == harness.config.defaults.pids_limit
+    assert host["Memory"] == harness.config.defaults.memory_bytes == host["MemorySwap"]
+    assert host["NetworkMode"] == f"ringjobs_{harness.namespace}"
+    assert host["PidMode"] == "" and host["IpcMode"] in ("private", "shareable")
+    assert host["LogConfig"] == {
+        "Type": "json-file",
+        "Config": {"max-file": "2", "max-size": "10m"},
+    }
+    assert not any("docker.sock" in (m.get("Source") or "") for m in info["Mounts"])
+    labels = info["Config"]["Labels"]
+    assert labels["io.ringjobs.managed"] == "true" and labels["io.ringjobs.run"] == str(run_id)
+    assert labels["io.ringjobs.namespace"] == harness.namespace
+    assert (labels["io.ringjobs.job"], labels["io.ringjobs.attempt"]) == ("hard", "1")
+    status = await docker_cli("exec", info["Id"], "cat", "/proc/1/status")
+    assert "CapEff:\t0000000000000000" in status and "NoNewPrivs:\t1" in status
+    harness.engine.ctx.stop_requests.setdefault(run_id, asyncio.Event()).set()
+    run = await harness.finished(run_id)
+    assert run.status == RunStatus.CANCELLED
+
+
+async def test_runs_beyond_the_limit_wait_in_fifo_order(namespace: str, tmp_path: Path) -> None:
+    h = Harness(make_config(tmp_path, max_concurrent_runs=1), namespace)
+    await h.start()
+    try:
+        ids = [await h.submit(h.spec(f"q{i}", ["true"])) for i in range(3)]
+        runs = [await h.finished(i) for i in ids]
+    finally:
+        await h.stop()
+    assert all(r.status == RunStatus.COMPLETED for r in runs)
+    starts = [r.started_at for r in runs]
+    assert starts == sorted(starts)  # type: ignore[type-var]
+
+
+async def test_restart_adopts_a_container_that_finished_while_down(
+    namespace: str, tmp_path: Path
+) -> None:
+    config = make_config(tmp_path)
+    first = Harness(config, namespace)
+    await first.start()
+    script = "seq 1 500; sleep 2; seq 501 1000; echo done >&2; exit 4"
+    run_id = await first.submit(first.spec("survivor", ["sh", "-c", script]))
+    container_id = await running_container(first, run_id)
+    await first.stop()  # like SIGTERM: the container keeps running
+    await docker_cli("wait", container_id)
+    second = Harness(config, namespace)
+    await second.start()
+    try:
+        run = await second.finished(run_id)
+        lines = await second.lines(run_id, "stdout")
+        errs = await second.lines(run_id, "stderr")
+    finally:
+        await second.stop()
+    assert (run.status, run.reason, run.exit_code) == (RunStatus.FAILED, "exit_code", 4)
+    assert lines == [str(i) for i in range(1, 1001)]  # none lost, none twice
+    assert errs == ["done"]
+    assert containers_of(namespace) == []
+
+
+async def test_restart_marks_a_removed_container_lost(namespace: str, tmp_path: Path) -> None:
+    config = make_config(tmp_path)
+    first = Harness(config, namespace)
+    await first.start()
+    run_id = await first.submit(first.spec("victim", ["sleep", "60"]))
+    container_id = await running_container(first, run_id)
+    await first.stop()
+    await docker_cli("rm", "-f", container_id)
+    second = Harness(config, namespace)
+    await second.start()
+    try:
+        run = await second.finished(run_id)
+    finally:
+        await second.stop()
+    assert (run.status, run.reason) == (RunStatus.FAILED, "lost")
+    assert container_id[:12] in (run.message or "")
+
+
+def _ids(runs: Iterable[Run]) -> list[int]:
+    return [r.id for r in runs]
