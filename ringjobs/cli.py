@@ -310,7 +310,13 @@ def _logs_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _prune_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("namespace", metavar="NS")
+    parser.add_argument("namespace", metavar="NS", nargs="?")
+    parser.add_argument(
+        "--all-namespaces", action="store_true", help="every namespace (never implied)"
+    )
+    parser.add_argument(
+        "--older-than", metavar="D", help="only runs finished more than D ago (30d, 12h)"
+    )
     parser.add_argument("--all", action="store_true", help="cancel and remove active runs too")
     parser.add_argument("--dry-run", action="store_true", help="only say what would go")
     _add_output(parser)
@@ -492,13 +498,24 @@ def cmd_namespace_list(args: argparse.Namespace) -> int:
 
 
 def cmd_namespace_prune(args: argparse.Namespace) -> int:
+    if bool(args.namespace) == bool(args.all_namespaces):
+        raise CommandFailed("give one namespace, or --all-namespaces", exitcodes.USAGE)
     client = _client(args)
-    result = client.prune_namespace(args.namespace, all=args.all, dry_run=args.dry_run)
+    names = [args.namespace] if args.namespace else _namespace_names(client)
+    results = [
+        client.prune_namespace(name, all=args.all, dry_run=args.dry_run, older_than=args.older_than)
+        for name in names
+    ]
     if args.output == "json":
-        _print_json(result)
+        _print_json(results[0] if args.namespace else results)
         return exitcodes.OK
-    _print_prune(args.namespace, result)
+    for name, result in zip(names, results, strict=True):
+        _print_prune(name, result)
     return exitcodes.OK
+
+
+def _namespace_names(client: Client) -> list[str]:
+    return [str(ns["name"]) for ns in client.list_namespaces().get("namespaces", [])]
 
 
 def _print_prune(namespace: str, result: JSON) -> None:

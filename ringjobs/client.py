@@ -331,9 +331,18 @@ class Client:
     def list_namespaces(self) -> JSON:
         return self._json("GET", "/v1/namespaces")
 
-    def prune_namespace(self, namespace: str, all: bool = False, dry_run: bool = False) -> JSON:
+    def prune_namespace(
+        self,
+        namespace: str,
+        all: bool = False,
+        dry_run: bool = False,
+        older_than: str | None = None,
+    ) -> JSON:
         path = f"/v1/namespaces/{_quote(namespace)}/prune"
-        return self._json("POST", path, body={"all": all, "dry_run": dry_run})
+        body: JSON = {"all": all, "dry_run": dry_run}
+        if older_than:
+            body["older_than"] = older_than
+        return self._json("POST", path, body=body)
 
     def wait_until_terminal(
         self, run_id: int, on_reconnect: Callable[[ClientError], None] | None = None

@@ -7,7 +7,7 @@ import json
 import socket
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from aiohttp import web
@@ -362,7 +362,10 @@ async def prune_namespace(request: web.Request) -> web.Response:
     namespace = request.match_info["ns"]
     await _require_namespace(engine, namespace)
     body = await _body(request, required=False)
-    result = await engine.prune(namespace, bool(body.get("all")), bool(body.get("dry_run")))
+    older_than = _older_than(body.get("older_than"))
+    result = await engine.prune(
+        namespace, bool(body.get("all")), bool(body.get("dry_run")), older_than
+    )
     return _json(
         {
             "namespace": namespace,
@@ -375,6 +378,17 @@ async def prune_namespace(request: web.Request) -> web.Response:
             "cancelled": result.cancelled,
         }
     )
+
+
+def _older_than(raw: object) -> datetime | None:
+    if raw is None or raw == "":
+        return None
+    if not isinstance(raw, str):
+        raise BadRequest('older_than must be a duration string such as "30d" or "12h"')
+    try:
+        return utcnow() - timedelta(seconds=parse_duration(raw))
+    except UnitError as exc:
+        raise BadRequest(f"older_than: {exc}") from None
 
 
 def _redact(value: Any) -> Any:

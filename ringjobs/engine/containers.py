@@ -55,12 +55,20 @@ def resolve_environment(
     return env
 
 
+def check_supported(spec: JobSpec) -> None:
+    """Fields this daemon version stores but cannot run yet fail clearly, before any work."""
+    if spec.source is not None:
+        raise ConfigProblem(
+            "live sources (from:) are not supported by this daemon version yet; "
+            "give the job an image instead"
+        )
+
+
 def container_spec(
     run: Run, attempt: int, image: ImageInfo, config: Config, env: dict[str, str]
 ) -> ContainerSpec:
     spec = run.spec
-    if spec.source is not None:
-        raise ConfigProblem("live sources (from:) are not supported by this daemon version yet")
+    check_supported(spec)
     limits = spec.resources
     return ContainerSpec(
         name=f"ringjobs-{run.namespace}-{run.job}-{run.id}-{attempt}",

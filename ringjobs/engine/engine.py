@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 import structlog
@@ -186,8 +187,14 @@ class Engine:
 
     # -- prune -----------------------------------------------------------------------
 
-    async def prune(self, namespace: str, include_active: bool, dry_run: bool) -> PruneResult:
-        candidates = await self.store.prunable_runs(namespace, include_active)
+    async def prune(
+        self,
+        namespace: str,
+        include_active: bool,
+        dry_run: bool,
+        older_than: datetime | None = None,
+    ) -> PruneResult:
+        candidates = await self.store.prunable_runs(namespace, include_active, older_than)
         ids = [int(c["id"]) for c in candidates]
         active = [c for c in candidates if c["status"] not in ("completed", "failed", "cancelled")]
         if dry_run:

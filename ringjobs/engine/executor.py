@@ -18,6 +18,7 @@ import structlog
 from ringjobs.config import Config
 from ringjobs.engine.containers import (
     ConfigProblem,
+    check_supported,
     container_spec,
     managed_labels,
     network_name,
@@ -105,6 +106,7 @@ class RunExecutor:
             status=RunStatus.STARTING,
             attempt=self.attempt,
         )
+        check_supported(run.spec)
         env = await self._environment()
         image = await self.ctx.runtime.resolve_image(
             run.spec.image or "", run.spec.image_pull_policy

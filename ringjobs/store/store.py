@@ -376,10 +376,15 @@ class Store:
 
     # -- prune -------------------------------------------------------------------
 
-    async def prunable_runs(self, namespace: str, include_active: bool) -> list[dict[str, Any]]:
-        rows = await self._fetchall(
-            _q("prunable_runs"), {"namespace": namespace, "all": include_active}
-        )
+    async def prunable_runs(
+        self, namespace: str, include_active: bool, older_than: datetime | None = None
+    ) -> list[dict[str, Any]]:
+        params = {
+            "namespace": namespace,
+            "all": include_active,
+            "older_than": format_time(older_than) if older_than else None,
+        }
+        rows = await self._fetchall(_q("prunable_runs"), params)
         return [dict(r) for r in rows]
 
     async def delete_runs(self, run_ids: Sequence[int]) -> tuple[int, int]:

@@ -311,6 +311,11 @@ def test_prune_removes_finished_runs_and_their_logs(
     file = manifest(tmp_path / "m.json", namespace, {"p": {"command": ["echo", "x"]}})
     assert daemon.cli("apply", "-f", str(file), "--wait").returncode == 0
     run_id = daemon.json("run", "list", "-n", namespace)["runs"][0]["id"]
+    recent = daemon.json("namespace", "prune", namespace, "--older-than", "1h")
+    assert recent["run_ids"] == []  # finished seconds ago: kept
+    everywhere = daemon.json("namespace", "prune", "--all-namespaces", "--dry-run")
+    assert [(r["namespace"], r["run_ids"]) for r in everywhere] == [(namespace, [run_id])]
+    assert daemon.cli("namespace", "prune").returncode == 2  # never implied
     dry = daemon.json("namespace", "prune", namespace, "--dry-run")
     assert dry["run_ids"] == [run_id]
     assert daemon.cli("logs", str(run_id)).stdout == "x\n"  # still there after a dry run

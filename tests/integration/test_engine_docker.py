@@ -333,3 +333,17 @@ async def test_restart_marks_a_removed_container_lost(namespace: str, tmp_path: 
 
 def _ids(runs: Iterable[Run]) -> list[int]:
     return [r.id for r in runs]
+
+
+async def test_unsupported_source_and_missing_secret_fail_as_config_errors(
+    harness: Harness,
+) -> None:
+    sourced = JobSpec(
+        namespace=harness.namespace, name="sourced", source={"container": "web"}, command=["true"]
+    )
+    secret = harness.spec("secret", ["true"], environment={"PW": {"secretRef": "db-password"}})
+    for spec, needle in ((sourced, "from:"), (secret, "db-password")):
+        run = await harness.run(spec)
+        assert (run.status, run.reason) == (RunStatus.FAILED, "config_error")
+        assert needle in (run.message or "")
+    assert containers_of(harness.namespace) == []

@@ -110,6 +110,7 @@ SELECT seq, attempt, stream, time, line FROM (
 SELECT id, container_id, status FROM runs
 WHERE namespace = :namespace
   AND (:all OR status IN ('completed', 'failed', 'cancelled'))
+  AND (:older_than IS NULL OR coalesce(finished_at, created_at) < :older_than)
 ORDER BY id;
 
 -- name: count_pruned_logs
