@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from decimal import Decimal
 
 _MEMORY_SUFFIXES = {
     "": 1,
@@ -37,7 +38,7 @@ def parse_memory(value: str | int) -> int:
     if not match:
         raise UnitError(f'invalid quantity "{value}" (use 512Mi, 4Gi, ...)')
     number, suffix = match.groups()
-    result = int(float(number) * _MEMORY_SUFFIXES[suffix or ""])
+    result = int(Decimal(number) * _MEMORY_SUFFIXES[suffix or ""])  # exact: 2.01G stays 2.01e9
     if result <= 0:
         raise UnitError(f'invalid quantity "{value}" (must be positive; use 512Mi, 4Gi, ...)')
     return result
@@ -52,7 +53,7 @@ def parse_cpu(value: str | int | float) -> int:
     if not match:
         raise UnitError(f'invalid cpu "{value}" (use 500m, 0.5, 2, ...)')
     number, milli = match.groups()
-    nanos = int(float(number) * (10**6 if milli else 10**9))
+    nanos = int(Decimal(number) * (10**6 if milli else 10**9))
     if nanos <= 0:
         raise UnitError(f'invalid cpu "{value}" (must be positive; use 500m, 0.5, 2, ...)')
     return nanos

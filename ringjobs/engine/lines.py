@@ -24,8 +24,9 @@ class LineSplitter:
                 lines.append(bytes(self._buffer[:cut]))
                 del self._buffer[: cut + 1]
             elif len(self._buffer) > self._max:
-                lines.append(bytes(self._buffer[: self._max]))
-                del self._buffer[: self._max]
+                cut = _utf8_boundary(self._buffer, self._max)
+                lines.append(bytes(self._buffer[:cut]))
+                del self._buffer[:cut]
             else:
                 return lines
 
@@ -36,6 +37,14 @@ class LineSplitter:
         rest = bytes(self._buffer)
         self._buffer.clear()
         return [rest]
+
+
+def _utf8_boundary(data: bytearray, limit: int) -> int:
+    """The largest cut <= limit that does not split a UTF-8 character (binary: limit)."""
+    cut = limit
+    while cut > limit - 4 and cut > 0 and (data[cut] & 0xC0) == 0x80:
+        cut -= 1
+    return cut if cut > limit - 4 and cut > 0 else limit
 
 
 def split_all(data: bytes, max_line_bytes: int) -> list[bytes]:

@@ -16,6 +16,7 @@ from collections.abc import Callable
 import structlog
 
 from ringjobs.engine.lines import LineSplitter
+from ringjobs.exceptions import StoreUnavailable
 from ringjobs.store import Store
 
 _HIGH_WATER_FACTOR = 4
@@ -95,13 +96,16 @@ class LogSink:
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
 
     async def open(self, run_id: int, attempt: int) -> RunLog:
         """A writer continuing after whatever is already stored for the run."""
+        await self.flush()  # the store then has every seq and byte of this run
         seq = await self._store.last_log_seq(run_id)
         run = await self._store.get_run(run_id)
-        used = run.log_bytes if run else 0
-        return RunLog(self, run_id, attempt, seq, used)
+        writer = RunLog(self, run_id, attempt, seq, run.log_bytes if run else 0)
+        writer.truncated = bool(run and run.log_truncated)  # one marker per run, ever
+        return writer
 
     async def add(
         self,
@@ -119,8 +123,16 @@ class LogSink:
         self._pending_bytes += size + 64
         if self._pending_bytes >= self._flush_bytes:
             self._wake.set()
-        if self._pending_bytes >= _HIGH_WATER_FACTOR * self._flush_bytes:
+        while self._pending_bytes >= _HIGH_WATER_FACTOR * self._flush_bytes:
+            await self._flush_or_back_off()
+
+    async def _flush_or_back_off(self) -> None:
+        """Backpressure: the producer (and so the container's output) waits for the store."""
+        try:
             await self.flush()
+        except StoreUnavailable as exc:
+            log.warning("log_flush_failed", error=str(exc))
+            await asyncio.sleep(self._interval)
 
     async def flush(self) -> None:
         async with self._lock:
@@ -153,7 +165,7 @@ class LogSink:
         self._task = asyncio.create_task(self._loop(), name="log-sink")
 
     async def _loop(self) -> None:
-        while True:
+        while not self._stopping:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self._interval)
             self._wake.clear()
@@ -163,8 +175,9 @@ class LogSink:
                 log.exception("log_flush_failed")
 
     async def stop(self) -> None:
+        """End the loop after its current flush (never mid-commit), then flush the rest."""
+        self._stopping = True
+        self._wake.set()
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await self._task
         await self.flush()

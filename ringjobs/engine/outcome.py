@@ -38,9 +38,11 @@ def classify_exit(exit_code: int, oom_killed: bool, stop_intent: StopIntent | No
     if exit_code == 0:
         return Outcome(RunStatus.COMPLETED, None, "exited 0")
     if exit_code >= 128:
+        signal_number = exit_code - 128
+        how = f"killed by signal {signal_number}" if signal_number <= 64 else "no signal number"
         return Outcome(
             RunStatus.FAILED,
             FailureReason.SIGNAL,
-            f"exited {exit_code}: killed by signal {exit_code - 128} (not by ringjobs)",
+            f"exited {exit_code} ({how}; not stopped by ringjobs)",
         )
     return Outcome(RunStatus.FAILED, FailureReason.EXIT_CODE, f"exited {exit_code}")

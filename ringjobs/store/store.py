@@ -6,6 +6,7 @@ fields and its event together, so history never shows a state without its event.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
@@ -49,6 +50,14 @@ _RUN_COLUMNS = frozenset(
     }
 )
 _PRUNE_BATCH = 500
+_PRAGMAS = (
+    "auto_vacuum = INCREMENTAL",
+    "journal_mode = WAL",
+    "synchronous = FULL",
+    "foreign_keys = ON",
+    "busy_timeout = 5000",
+)
+_RUN_FILTERS = ("namespace", "job", "status")
 _STREAM_CODES = {"system": 0, "stdout": 1, "stderr": 2}
 _STREAM_NAMES = {code: name for name, code in _STREAM_CODES.items()}
 
@@ -105,19 +114,27 @@ class Store:
         self.path = path
         self._writer: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
-        self._lock: Any = None
+        self._lock = asyncio.Lock()
 
     # -- lifecycle ---------------------------------------------------------------
 
     async def open(self) -> None:
-        import asyncio
-
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreUnavailable(
+                f"cannot create {self.path.parent}: {exc.strerror} "
+                "(check the database path and its permissions)"
+            ) from exc
         self._lock = asyncio.Lock()
         self._writer = await self._connect()
-        await self._migrate(self._writer)
-        self._reader = await self._connect()
-        await self._reader.execute("PRAGMA query_only = ON")
+        try:
+            await self._migrate(self._writer)
+            self._reader = await self._connect()
+            await self._reader.execute("PRAGMA query_only = ON")
+        except BaseException:
+            await self.close()
+            raise
 
     async def _connect(self) -> aiosqlite.Connection:
         try:
@@ -125,18 +142,25 @@ class Store:
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"cannot open database {self.path}: {exc}") from exc
         db.row_factory = aiosqlite.Row
-        # auto_vacuum must precede the first table; harmless afterwards.
-        for pragma in (
-            "auto_vacuum = INCREMENTAL",
-            "journal_mode = WAL",
-            "synchronous = FULL",
-            "foreign_keys = ON",
-            "busy_timeout = 5000",
-        ):
-            await db.execute(f"PRAGMA {pragma}")
+        # auto_vacuum must precede the first table (migration 0001 creates the file).
+        try:
+            for pragma in _PRAGMAS:
+                await db.execute(f"PRAGMA {pragma}")
+        except sqlite3.Error as exc:
+            await db.close()  # its thread would otherwise keep the process alive
+            raise StoreUnavailable(
+                f"cannot open database {self.path}: {exc} (is it a ringjobs database? "
+                "move it away to start afresh)"
+            ) from exc
         return db
 
     async def _migrate(self, db: aiosqlite.Connection) -> None:
+        try:
+            await self._apply_migrations(db)
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"cannot migrate database {self.path}: {exc}") from exc
+
+    async def _apply_migrations(self, db: aiosqlite.Connection) -> None:
         async with db.execute("PRAGMA user_version") as cur:
             row = await cur.fetchone()
         current = int(row[0]) if row else 0
@@ -172,10 +196,10 @@ class Store:
                 await db.execute("BEGIN IMMEDIATE")
                 try:
                     yield db
+                    await db.commit()  # a failed commit (disk full) must roll back too
                 except BaseException:
                     await db.rollback()
                     raise
-                await db.commit()
             except sqlite3.OperationalError as exc:
                 raise StoreUnavailable(
                     f"cannot write the database {self.path}: {exc} "
@@ -258,14 +282,18 @@ class Store:
         limit: int = 50,
         before: int | None = None,
     ) -> list[Run]:
-        params = {
-            "namespace": namespace,
-            "job": job,
-            "status": status,
-            "limit": limit,
-            "before": before,
-        }
-        return [run_from_row(r) for r in await self._fetchall(_q("list_runs"), params)]
+        # Only the given filters appear in the SQL, so SQLite can pick the matching index
+        # (`:x IS NULL OR col = :x` is planned before binding and always scans).
+        given = {"namespace": namespace, "job": job, "status": status}
+        where = [f"{col} = :{col}" for col in _RUN_FILTERS if given[col] is not None]
+        if before is not None:
+            where.append("id < :before")
+        sql = "SELECT * FROM runs"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY id DESC LIMIT :limit"
+        params = {**given, "before": before, "limit": limit}
+        return [run_from_row(r) for r in await self._fetchall(sql, params)]
 
     async def active_runs(self) -> list[Run]:
         return [run_from_row(r) for r in await self._fetchall(_q("active_runs"), {})]
@@ -406,9 +434,12 @@ class Store:
         if self._writer is None:
             return
         async with self._lock:
-            # executescript frees every page at once (execute frees one per call).
-            await self._writer.executescript("PRAGMA incremental_vacuum;")
-            await self._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            try:
+                # executescript frees every page at once (execute frees one per call).
+                await self._writer.executescript("PRAGMA incremental_vacuum;")
+                await self._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except sqlite3.Error as exc:
+                raise StoreUnavailable(f"cannot reclaim space in {self.path}: {exc}") from exc
 
 
 # -- row helpers ---------------------------------------------------------------

@@ -545,8 +545,11 @@ def test_doctor_all_ok(daemon: FakeDaemon, capsys: pytest.CaptureFixture[str]) -
     assert ringjobs(daemon, "doctor") == 0
     lines = capsys.readouterr().out.splitlines()
     assert [line.split()[:2] for line in lines] == [
-        ["ok", "socket:"], ["ok", "daemon:"], ["ok", "docker:"], ["ok", "database:"]
-    ]  # fmt: skip
+        ["ok", "socket:"],
+        ["ok", "daemon:"],
+        ["ok", "docker:"],
+        ["ok", "database:"],
+    ]
     assert "27.1.1" in lines[2]
 
 

@@ -53,14 +53,6 @@ VALUES (:namespace, :job, :revision, :trigger, 'pending', :now, :image, :command
 -- name: get_run
 SELECT * FROM runs WHERE id = :id;
 
--- name: list_runs
-SELECT * FROM runs
-WHERE (:namespace IS NULL OR namespace = :namespace)
-  AND (:job IS NULL OR job = :job)
-  AND (:status IS NULL OR status = :status)
-  AND (:before IS NULL OR id < :before)
-ORDER BY id DESC LIMIT :limit;
-
 -- name: active_runs
 SELECT * FROM runs WHERE status IN ('pending', 'starting', 'running') ORDER BY id;
 
@@ -80,8 +72,11 @@ SELECT id, run_id, time, type, message, data FROM run_events
 WHERE run_id = :run_id AND id > :after ORDER BY id;
 
 -- name: insert_log_line
+-- A batch retried after a commit that did happen stores nothing twice; any other
+-- constraint still fails loudly.
 INSERT INTO log_lines (run_id, seq, attempt, stream, time, line)
-VALUES (?, ?, ?, ?, ?, ?);
+VALUES (?, ?, ?, ?, ?, ?)
+ON CONFLICT (run_id, seq) DO NOTHING;
 
 -- name: add_log_bytes
 UPDATE runs SET log_bytes = log_bytes + :bytes,

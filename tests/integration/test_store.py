@@ -1,0 +1,813 @@
+"""The Store on real SQLite files: schema, pragmas, apply, runs, logs, prune, failures."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import sqlite3
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+import pytest
+
+import ringjobs.store.store as store_module
+from ringjobs.exceptions import StoreUnavailable
+from ringjobs.models import JobSpec, NamespaceSpec, RunStatus, Trigger, utcnow
+from ringjobs.store import Store
+from ringjobs.store.queries import schema
+
+SQL_DIR = Path(store_module.__file__).parent / "sql"
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[Store]:
+    db = Store(tmp_path / "ringjobs.db")
+    await db.open()
+    yield db
+    await db.close()
+
+
+@pytest.fixture
+def created_connections(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[aiosqlite.Connection]]:
+    """Every aiosqlite connection the store opens, so a test can see leaks and close them."""
+    created: list[aiosqlite.Connection] = []
+    real_connect = aiosqlite.connect
+
+    def recording_connect(*args: Any, **kwargs: Any) -> aiosqlite.Connection:
+        connection = real_connect(*args, **kwargs)
+        created.append(connection)
+        return connection
+
+    monkeypatch.setattr(aiosqlite, "connect", recording_connect)
+    yield created
+
+
+def plain(path: Path) -> sqlite3.Connection:
+    db = sqlite3.connect(path)
+    db.row_factory = sqlite3.Row
+    return db
+
+
+def spec(name: str = "job", namespace: str = "ns", **fields: Any) -> JobSpec:
+    return JobSpec(namespace=namespace, name=name, image=fields.pop("image", "busybox"), **fields)
+
+
+def always_start(_spec: JobSpec, _active: list[int]) -> bool:
+    return True
+
+
+def sqlite_master(path: Path) -> list[tuple[str, str, str, str | None]]:
+    with plain(path) as db:
+        found = db.execute(
+            "SELECT type, name, tbl_name, sql FROM sqlite_master ORDER BY name"
+        ).fetchall()
+    return [
+        (r["type"], r["name"], r["tbl_name"], " ".join(r["sql"].split()) if r["sql"] else None)
+        for r in found
+    ]
+
+
+def file_size(path: Path) -> int:
+    wal = path.with_name(path.name + "-wal")
+    return path.stat().st_size + (wal.stat().st_size if wal.exists() else 0)
+
+
+# -- (a) schema --------------------------------------------------------------------------
+
+
+async def test_migrations_produce_schema_sql(tmp_path: Path) -> None:
+    migrated = tmp_path / "migrated.db"
+    store = Store(migrated)
+    await store.open()
+    await store.close()
+
+    reference = tmp_path / "reference.db"
+    with sqlite3.connect(reference) as db:
+        db.executescript(schema())
+
+    assert sqlite_master(migrated) == sqlite_master(reference)
+    names = {name for _, name, _, _ in sqlite_master(migrated)}
+    assert {"namespaces", "jobs", "job_revisions", "runs", "run_events", "log_lines"} <= names
+
+
+async def test_user_version_is_the_last_migration(tmp_path: Path) -> None:
+    numbers = [int(p.name.split("_", 1)[0]) for p in (SQL_DIR / "migrations").glob("*.sql")]
+    assert numbers, "no migration files found"
+    assert all(re.fullmatch(r"\d{4}_\w+\.sql", p.name) for p in SQL_DIR.glob("migrations/*"))
+    store = Store(tmp_path / "ringjobs.db")
+    await store.open()
+    await store.close()
+    with plain(store.path) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == max(numbers)
+    assert store.schema_version == max(numbers)
+
+
+async def test_reopening_migrates_nothing_and_keeps_data(tmp_path: Path) -> None:
+    path = tmp_path / "ringjobs.db"
+    first = Store(path)
+    await first.open()
+    await first.apply([], [spec()], always_start, None)
+    await first.close()
+    before = sqlite_master(path)
+
+    second = Store(path)
+    await second.open()
+    try:
+        assert sqlite_master(path) == before
+        job = await second.get_job("ns", "job")
+        assert job is not None
+        assert job.revision == 1
+        assert len(await second.list_runs()) == 1
+    finally:
+        await second.close()
+
+
+# -- (b) pragmas -------------------------------------------------------------------------
+
+
+async def test_wal_and_incremental_auto_vacuum(store: Store) -> None:
+    with plain(store.path) as db:
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert db.execute("PRAGMA auto_vacuum").fetchone()[0] == 2  # INCREMENTAL
+
+
+async def test_connection_pragmas(store: Store) -> None:
+    assert store._writer is not None and store._reader is not None
+
+    async def pragma(db: aiosqlite.Connection, name: str) -> Any:
+        async with db.execute(f"PRAGMA {name}") as cur:
+            row = await cur.fetchone()
+        assert row is not None
+        return row[0]
+
+    assert await pragma(store._writer, "foreign_keys") == 1
+    assert await pragma(store._writer, "busy_timeout") == 5000
+    assert await pragma(store._writer, "synchronous") == 2  # FULL
+    assert await pragma(store._writer, "query_only") == 0
+    assert await pragma(store._reader, "query_only") == 1
+
+
+# -- (c) apply ---------------------------------------------------------------------------
+
+
+async def test_apply_is_idempotent(store: Store) -> None:
+    job = spec(command=["echo", "hi"])
+    [first] = await store.apply([], [job], always_start, 1000)
+    assert (first.action, first.revision) == ("created", 1)
+    assert first.run_id is not None
+
+    [again] = await store.apply([], [job], always_start, 1000)
+    assert (again.action, again.revision, again.run_id) == ("unchanged", 1, None)
+
+    runs = await store.list_runs(namespace="ns", job="job")
+    assert [r.id for r in runs] == [first.run_id]
+    run = runs[0]
+    assert (run.trigger, run.status, run.revision, run.caller_uid) == (
+        Trigger.APPLY,
+        RunStatus.PENDING,
+        1,
+        1000,
+    )
+    assert run.spec == job
+    assert run.command == ["echo", "hi"]
+    stored = await store.get_job("ns", "job")
+    assert stored is not None
+    assert (stored.spec, stored.revision) == (job, 1)
+
+
+async def test_changed_spec_is_a_new_revision_with_a_new_run(store: Store) -> None:
+    seen: list[tuple[str, list[int]]] = []
+
+    def decide(job: JobSpec, active: list[int]) -> bool:
+        seen.append((job.image or "", list(active)))
+        return True
+
+    [first] = await store.apply([], [spec(image="busybox:1")], decide, None)
+    [second] = await store.apply([], [spec(image="busybox:2")], decide, None)
+    assert (second.action, second.revision) == ("updated", 2)
+    assert second.run_id is not None and second.run_id != first.run_id
+    # The callback saw the still-pending first run when deciding on the second.
+    assert seen == [("busybox:1", []), ("busybox:2", [first.run_id])]
+    stored = await store.get_job("ns", "job")
+    assert stored is not None
+    assert (stored.revision, stored.spec.image) == (2, "busybox:2")
+    revisions = [r.revision for r in await store.list_runs(job="job")]
+    assert revisions == [2, 1]
+
+
+async def test_decide_start_sees_only_active_runs(store: Store) -> None:
+    [first] = await store.apply([], [spec(image="a")], always_start, None)
+    assert first.run_id is not None
+    await store.update_run(first.run_id, status=RunStatus.COMPLETED, finished_at=utcnow())
+    seen: list[list[int]] = []
+
+    def decide(_job: JobSpec, active: list[int]) -> bool:
+        seen.append(active)
+        return False
+
+    [second] = await store.apply([], [spec(image="b")], decide, None)
+    assert seen == [[]]
+    assert (second.action, second.revision, second.run_id) == ("updated", 2, None)
+    assert len(await store.list_runs()) == 1
+
+
+async def test_revisions_continue_after_delete(store: Store) -> None:
+    [first] = await store.apply([], [spec(image="a")], always_start, None)
+    [second] = await store.apply([], [spec(image="b")], always_start, None)
+    await store.delete_job("ns", "job")
+    assert await store.get_job("ns", "job") is None
+
+    kept = await store.list_runs(namespace="ns", job="job")
+    assert [r.id for r in kept] == [second.run_id, first.run_id]
+
+    [third] = await store.apply([], [spec(image="a")], always_start, None)
+    assert (third.action, third.revision) == ("created", 3)
+    runs = await store.list_runs(namespace="ns", job="job")
+    assert [(r.id, r.revision) for r in runs] == [
+        (third.run_id, 3),
+        (second.run_id, 2),
+        (first.run_id, 1),
+    ]
+
+
+async def test_apply_stores_namespaces(store: Store) -> None:
+    ns = NamespaceSpec(name="team", environment={"A": "1"}, network="none")
+    await store.apply([ns], [spec(namespace="team"), spec(namespace="other")], always_start, None)
+    team = await store.get_namespace("team")
+    assert team is not None
+    assert team["network"] == "none"
+    # A job's implicit namespace does not overwrite the settings of a declared one.
+    await store.apply([], [spec(namespace="team", image="new")], always_start, None)
+    listed = {n["name"]: n for n in await store.list_namespaces()}
+    assert set(listed) == {"team", "other"}
+    assert listed["team"]["environment"] == {"A": "1"}
+    assert listed["team"]["jobs"] == 1
+    assert listed["team"]["runs"] == 2
+    assert listed["team"]["active_runs"] == 2
+
+
+async def test_apply_is_one_transaction(store: Store) -> None:
+    def decide(job: JobSpec, _active: list[int]) -> bool:
+        if job.name == "second":
+            raise RuntimeError("decision failed")
+        return True
+
+    with pytest.raises(RuntimeError):
+        await store.apply([], [spec("first"), spec("second")], decide, None)
+    assert await store.get_job("ns", "first") is None
+    assert await store.list_runs() == []
+    assert await store.list_namespaces() == []
+
+
+# -- (d) update_run ----------------------------------------------------------------------
+
+
+async def test_update_run_writes_fields_and_event(store: Store) -> None:
+    run_id = await store.create_run(spec(), 1, Trigger.MANUAL, None)
+    started = utcnow()
+    await store.update_run(
+        run_id,
+        ("container_started", "container started"),
+        {"container": "abc"},
+        status=RunStatus.RUNNING,
+        started_at=started,
+        container_id="abc123",
+        command=["sh", "-c", "true"],
+        oom_killed=True,
+        attempt=1,
+    )
+    run = await store.get_run(run_id)
+    assert run is not None
+    assert run.status is RunStatus.RUNNING
+    assert run.started_at == started
+    assert (run.container_id, run.command, run.oom_killed, run.attempt) == (
+        "abc123",
+        ["sh", "-c", "true"],
+        True,
+        1,
+    )
+    events = await store.list_events(run_id)
+    assert [(e.type, e.message, e.data) for e in events][-1] == (
+        "container_started",
+        "container started",
+        {"container": "abc"},
+    )
+    assert events[0].type == "created"
+    assert [e.id for e in await store.list_events(run_id, after=events[0].id)] == [events[1].id]
+
+
+async def test_update_run_rolls_back_fields_when_the_event_fails(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run_id = await store.create_run(spec(), 1, Trigger.MANUAL, None)
+
+    async def broken_event(*_args: Any) -> None:
+        raise RuntimeError("event insert failed")
+
+    monkeypatch.setattr(store_module, "_insert_event", broken_event)
+    with pytest.raises(RuntimeError):
+        await store.update_run(
+            run_id, ("finished", "done"), status=RunStatus.COMPLETED, exit_code=0
+        )
+    monkeypatch.undo()
+
+    run = await store.get_run(run_id)
+    assert run is not None
+    assert (run.status, run.exit_code) == (RunStatus.PENDING, None)
+    assert [e.type for e in await store.list_events(run_id)] == ["created"]
+    # The writer is not left inside a transaction.
+    await store.update_run(run_id, ("finished", "done"), status=RunStatus.COMPLETED, exit_code=0)
+    run = await store.get_run(run_id)
+    assert run is not None
+    assert run.status is RunStatus.COMPLETED
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [{"log_bytes": 5}, {"namespace": "other"}, {"id": 9}, {"status": "running", "bogus": 1}],
+)
+async def test_update_run_refuses_unknown_columns(store: Store, fields: dict[str, Any]) -> None:
+    run_id = await store.create_run(spec(), 1, Trigger.MANUAL, None)
+    before = await store.get_run(run_id)
+    with pytest.raises(ValueError, match="not run columns"):
+        await store.update_run(run_id, ("x", "should not be written"), **fields)
+    assert await store.get_run(run_id) == before
+    assert [e.type for e in await store.list_events(run_id)] == ["created"]
+
+
+# -- (e) list_runs -----------------------------------------------------------------------
+
+
+async def test_list_runs_filters_and_order(store: Store) -> None:
+    ids: dict[str, list[int]] = {"a/x": [], "a/y": [], "b/x": []}
+    for round_ in range(3):
+        for key in ids:
+            ns, job = key.split("/")
+            if key == "a/y" and round_ == 2:
+                continue
+            ids[key].append(await store.create_run(spec(job, ns), 1, Trigger.MANUAL, None))
+    failed = ids["a/x"][1]
+    await store.update_run(failed, status=RunStatus.FAILED)
+    await store.update_run(ids["b/x"][0], status=RunStatus.FAILED)
+
+    def newest_first(*keys: str) -> list[int]:
+        return sorted((i for k in keys for i in ids[k]), reverse=True)
+
+    assert [r.id for r in await store.list_runs()] == newest_first("a/x", "a/y", "b/x")
+    assert [r.id for r in await store.list_runs(namespace="a")] == newest_first("a/x", "a/y")
+    assert [r.id for r in await store.list_runs(namespace="a", job="x")] == newest_first("a/x")
+    assert [r.id for r in await store.list_runs(job="x")] == newest_first("a/x", "b/x")
+    assert [r.id for r in await store.list_runs(namespace="a", status="failed")] == [failed]
+    assert len(await store.list_runs(status="failed")) == 2
+    assert len(await store.list_runs(status="pending")) == 6
+    assert await store.list_runs(namespace="nope") == []
+    assert [r.id for r in await store.list_runs(limit=2)] == newest_first("a/x", "a/y", "b/x")[:2]
+
+
+async def test_list_runs_pages_with_before(store: Store) -> None:
+    created = [await store.create_run(spec(), 1, Trigger.MANUAL, None) for _ in range(11)]
+    pages: list[list[int]] = []
+    before: int | None = None
+    while True:
+        page = [r.id for r in await store.list_runs(namespace="ns", limit=4, before=before)]
+        if not page:
+            break
+        pages.append(page)
+        before = page[-1]
+    assert [len(p) for p in pages] == [4, 4, 3]
+    assert [i for p in pages for i in p] == sorted(created, reverse=True)
+
+
+async def test_active_runs_and_last_run(store: Store) -> None:
+    first = await store.create_run(spec(), 1, Trigger.MANUAL, None)
+    second = await store.create_run(spec(), 1, Trigger.SCHEDULE, None)
+    other = await store.create_run(spec("other"), 1, Trigger.MANUAL, None)
+    await store.update_run(first, status=RunStatus.CANCELLED)
+    await store.update_run(second, status=RunStatus.RUNNING)
+    assert [r.id for r in await store.active_runs()] == [second, other]
+    assert await store.active_run_ids("ns", "job") == [second]
+    last = await store.last_run("ns", "job")
+    assert last is not None
+    assert (last.id, last.trigger) == (second, Trigger.SCHEDULE)
+    assert await store.last_run("ns", "missing") is None
+
+
+# -- (f) logs ----------------------------------------------------------------------------
+
+
+async def add_lines(store: Store, run_id: int, count: int) -> list[tuple[int, str, int, str]]:
+    """Lines seq 1..count: odd on stdout, even on stderr, time = seq * 1000 us."""
+    lines = [
+        (seq, "stdout" if seq % 2 else "stderr", seq * 1000, f"line {seq}")
+        for seq in range(1, count + 1)
+    ]
+    rows = [(run_id, seq, 1, stream, t, text) for seq, stream, t, text in lines]
+    size = sum(len(text) + 1 for *_, text in lines)
+    await store.append_logs(rows, {run_id: (size, False)})
+    return lines
+
+
+async def test_read_logs_filters(store: Store) -> None:
+    run_id = await store.create_run(spec(), 1, Trigger.MANUAL, None)
+    other = await store.create_run(spec(), 1, Trigger.MANUAL, None)
+    await add_lines(store, run_id, 10)
+    await add_lines(store, other, 3)
+
+    def seqs(records: list[Any]) -> list[int]:
+        return [r.seq for r in records]
+
+    assert seqs(await store.read_logs(run_id)) == list(range(1, 11))
+    assert seqs(await store.read_logs(run_id, after=7)) == [8, 9, 10]
+    assert seqs(await store.read_logs(run_id, since_us=5000)) == [5, 6, 7, 8, 9, 10]
+    assert seqs(await store.read_logs(run_id, stream="stdout")) == [1, 3, 5, 7, 9]
+    assert seqs(await store.read_logs(run_id, stream="stderr", since_us=5000)) == [6, 8, 10]
+    assert seqs(await store.read_logs(run_id, limit=3)) == [1, 2, 3]
+    assert seqs(await store.read_logs(run_id, after=2, limit=2, stream="stdout")) == [3, 5]
+    assert await store.read_logs(run_id, since_us=11_000) == []
+
+    record = (await store.read_logs(run_id, after=3, limit=1))[0]
+    assert (record.seq, record.attempt, record.stream, record.time_us, record.line) == (
+        4,
+        1,
+        "stderr",
+        4000,
+        "line 4",
+    )
+    api = record.to_api()
+    assert api["time"] == "1970-01-01T00:00:00.004000Z"
+    run = await store.get_run(run_id)
+    assert run is not None
+    assert run.log_bytes == sum(len(f"line {i}") + 1 for i in range(1, 11))
+
+
+async def test_tail_logs_filters(store: Store) -> None:
+    run_id = await store.create_run(spec(), 1, Trigger.MANUAL, None)
+    await add_lines(store, run_id, 10)
+
+    def seqs(records: list[Any]) -> list[int]:
+        return [r.seq for r in records]
+
+    assert seqs(await store.tail_logs(run_id, 3)) == [8, 9, 10]  # oldest first
+    assert seqs(await store.tail_logs(run_id, 100)) == list(range(1, 11))
+    assert seqs(await store.tail_logs(run_id, 2, stream="stdout")) == [7, 9]
+    assert seqs(await store.tail_logs(run_id, 10, since_us=8000)) == [8, 9, 10]
+    assert seqs(await store.tail_logs(run_id, 10, since_us=6000, stream="stderr")) == [6, 8, 10]
+    assert await store.tail_logs(run_id, 0) == []
+
+
+async def test_log_counters(store: Store) -> None:
+    run_id = await store.create_run(spec(), 1, Trigger.MANUAL, None)
+    assert await store.last_log_seq(run_id) == 0
+    await add_lines(store, run_id, 7)
+    assert await store.last_log_seq(run_id) == 7
+    assert await store.count_log_lines(run_id, 1, "stdout") == 4
+    assert await store.count_log_lines(run_id, 1, "stderr") == 3
+    assert await store.count_log_lines(run_id, 2, "stdout") == 0
+
+
+async def test_append_logs_is_one_transaction(store: Store) -> None:
+    run_id = await store.create_run(spec(), 1, Trigger.MANUAL, None)
+    await add_lines(store, run_id, 2)
+    broken: Any = [(run_id, 3, 1, "stdout", 1, "new"), (run_id, 4, 1, "stdout", 1, None)]
+    with pytest.raises(sqlite3.IntegrityError):  # NOT NULL fails on the second row
+        await store.append_logs(broken, {run_id: (100, True)})
+    assert [r.line for r in await store.read_logs(run_id)] == ["line 1", "line 2"]
+    run = await store.get_run(run_id)
+    assert run is not None
+    assert (run.log_bytes, run.log_truncated) == (14, False)
+
+
+async def test_a_retried_batch_stores_nothing_twice(store: Store) -> None:
+    run_id = await store.create_run(spec(), 1, Trigger.MANUAL, None)
+    batch = [(run_id, 1, 1, "stdout", 1, "once"), (run_id, 2, 1, "stderr", 2, "twice?")]
+    await store.append_logs(batch, {run_id: (12, False)})
+    await store.append_logs(batch, {})  # the retry after a commit that did go through
+    assert [r.line for r in await store.read_logs(run_id)] == ["once", "twice?"]
+
+
+# -- (g) prune ---------------------------------------------------------------------------
+
+
+async def test_delete_runs_in_batches_and_file_shrinks(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    total, keep, lines_per_run = 1200, 100, 30
+    run_ids = [await store.create_run(spec(), 1, Trigger.MANUAL, None) for _ in range(total)]
+    for run_id in run_ids[::3]:
+        await store.add_event(run_id, "warning", "something to count")
+    payload = "L" * 300
+    rows = [
+        (run_id, seq, 1, "stdout", seq, payload)
+        for run_id in run_ids
+        for seq in range(1, lines_per_run + 1)
+    ]
+    for start in range(0, len(rows), 5000):
+        await store.append_logs(rows[start : start + 5000], {})
+    doomed, kept = run_ids[:-keep], run_ids[-keep:]
+    with plain(store.path) as db:
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    size_before = file_size(store.path)
+    assert size_before > len(rows) * 300
+
+    assert store._writer is not None
+    statements: list[str] = []
+    real_execute = store._writer.execute
+
+    def recording_execute(sql: str, *args: Any) -> Any:
+        statements.append(sql)
+        return real_execute(sql, *args)
+
+    monkeypatch.setattr(store._writer, "execute", recording_execute)
+    lines, events = await store.delete_runs(doomed)
+    monkeypatch.undo()
+
+    assert lines == len(doomed) * lines_per_run
+    created_events = len(doomed)
+    warning_events = len([r for r in run_ids[::3] if r in set(doomed)])
+    assert events == created_events + warning_events
+    run_deletes = [s for s in statements if s.startswith("DELETE FROM runs")]
+    assert len(run_deletes) == 3  # 1100 runs in batches of at most 500
+    assert all(s.count("?") <= 500 for s in run_deletes)
+
+    assert await store.get_run(doomed[0]) is None
+    assert await store.list_events(doomed[-1]) == []
+    assert await store.read_logs(doomed[-1]) == []
+    assert [r.id for r in await store.list_runs(limit=1000)] == sorted(kept, reverse=True)
+    assert len(await store.read_logs(kept[0])) == lines_per_run
+    assert [e.type for e in await store.list_events(kept[0])] == ["created"]
+
+    size_after = file_size(store.path)
+    assert size_after < size_before / 4, (size_before, size_after)
+    with plain(store.path) as db:
+        assert db.execute("PRAGMA freelist_count").fetchone()[0] == 0
+        assert db.execute("SELECT count(*) FROM log_lines").fetchone()[0] == keep * lines_per_run
+
+
+async def test_delete_runs_of_nothing(store: Store) -> None:
+    run_id = await store.create_run(spec(), 1, Trigger.MANUAL, None)
+    assert await store.delete_runs([]) == (0, 0)
+    assert await store.delete_runs([run_id + 100]) == (0, 0)
+    assert await store.get_run(run_id) is not None
+
+
+async def test_pruned_run_ids_are_never_reused(store: Store) -> None:
+    first = await store.create_run(spec(), 1, Trigger.MANUAL, None)
+    second = await store.create_run(spec(), 1, Trigger.MANUAL, None)
+    await store.delete_runs([first, second])
+    assert await store.create_run(spec(), 1, Trigger.MANUAL, None) == second + 1
+
+
+async def test_prunable_runs(store: Store) -> None:
+    done = await store.create_run(spec(), 1, Trigger.MANUAL, None)
+    active = await store.create_run(spec(), 1, Trigger.MANUAL, None)
+    await store.create_run(spec(namespace="other"), 1, Trigger.MANUAL, None)
+    await store.update_run(done, status=RunStatus.COMPLETED, container_id="c1")
+    finished = await store.prunable_runs("ns", include_active=False)
+    assert [(r["id"], r["container_id"], r["status"]) for r in finished] == [
+        (done, "c1", "completed")
+    ]
+    assert [r["id"] for r in await store.prunable_runs("ns", include_active=True)] == [
+        done,
+        active,
+    ]
+
+
+# -- (h) unwritable database -------------------------------------------------------------
+
+
+def assert_tells_what_to_do(error: StoreUnavailable, path: Path) -> None:
+    message = str(error)
+    assert str(path) in message
+    assert "disk space" in message
+    assert "writable" in message
+    assert error.status == 503
+
+
+async def test_write_failure_is_store_unavailable(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run_id = await store.create_run(spec(), 1, Trigger.MANUAL, None)
+    assert store._writer is not None
+
+    def full_disk(*_args: Any, **_kwargs: Any) -> Any:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(store._writer, "execute", full_disk)
+    attempts = [
+        store.update_run(run_id, ("x", "y"), status=RunStatus.RUNNING),
+        store.create_run(spec(), 1, Trigger.MANUAL, None),
+        store.apply([], [spec("new")], always_start, None),
+        store.append_logs([(run_id, 1, 1, "stdout", 1, "x")], {}),
+        store.delete_job("ns", "job"),
+    ]
+    for attempt in attempts:
+        with pytest.raises(StoreUnavailable) as info:
+            await attempt
+        assert "database or disk is full" in str(info.value)
+        assert_tells_what_to_do(info.value, store.path)
+    monkeypatch.undo()
+
+    # Reads still work, and writes resume once the disk has room again.
+    run = await store.get_run(run_id)
+    assert run is not None and run.status is RunStatus.PENDING
+    await store.update_run(run_id, status=RunStatus.RUNNING)
+    run = await store.get_run(run_id)
+    assert run is not None and run.status is RunStatus.RUNNING
+
+
+async def test_really_full_database_is_store_unavailable(store: Store) -> None:
+    run_id = await store.create_run(spec(), 1, Trigger.MANUAL, None)
+    assert store._writer is not None
+    async with store._writer.execute("PRAGMA page_count") as cur:
+        row = await cur.fetchone()
+    assert row is not None
+    # SQLite itself refuses to grow the file: a real SQLITE_FULL.
+    await store._writer.execute(f"PRAGMA max_page_count = {row[0]}")
+    big = [(run_id, seq, 1, "stdout", seq, "x" * 1000) for seq in range(1, 200)]
+    with pytest.raises(StoreUnavailable) as info:
+        await store.append_logs(big, {run_id: (200_000, False)})
+    assert "full" in str(info.value)
+    assert_tells_what_to_do(info.value, store.path)
+    assert await store.read_logs(run_id) == []
+
+    await store._writer.execute("PRAGMA max_page_count = 1073741823")
+    await store.append_logs(big, {})
+    assert len(await store.read_logs(run_id)) == len(big)
+
+
+async def test_read_only_database_is_store_unavailable(store: Store) -> None:
+    run_id = await store.create_run(spec(), 1, Trigger.MANUAL, None)
+    assert store._writer is not None
+    # As root a chmod does not stop writes; query_only gives SQLite's real refusal.
+    await store._writer.execute("PRAGMA query_only = ON")
+    with pytest.raises(StoreUnavailable) as info:
+        await store.update_run(run_id, ("started", "x"), status=RunStatus.RUNNING)
+    assert "readonly" in str(info.value)
+    assert_tells_what_to_do(info.value, store.path)
+    await store._writer.execute("PRAGMA query_only = OFF")
+    await store.update_run(run_id, status=RunStatus.RUNNING)
+
+
+async def test_store_recovers_after_a_failed_commit(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run_id = await store.create_run(spec(), 1, Trigger.MANUAL, None)
+    assert store._writer is not None
+    real_commit = store._writer.commit
+    failures = 0
+
+    async def commit_failing_once() -> None:
+        nonlocal failures
+        if failures == 0:
+            failures += 1
+            raise sqlite3.OperationalError("database or disk is full")
+        await real_commit()
+
+    monkeypatch.setattr(store._writer, "commit", commit_failing_once)
+    with pytest.raises(StoreUnavailable):
+        await store.update_run(run_id, status=RunStatus.RUNNING)
+    # The disk has room again: the next write must go through.
+    await store.update_run(run_id, status=RunStatus.FAILED)
+    run = await store.get_run(run_id)
+    assert run is not None
+    assert run.status is RunStatus.FAILED
+
+
+async def test_open_a_file_that_is_not_a_database(
+    tmp_path: Path, created_connections: list[aiosqlite.Connection]
+) -> None:
+    path = tmp_path / "ringjobs.db"
+    path.write_bytes(b"this is not an SQLite database\n" * 200)
+    store = Store(path)
+    try:
+        with pytest.raises(StoreUnavailable) as info:
+            await store.open()
+        assert str(path) in str(info.value)
+        leaked = [c for c in created_connections if c._running]
+        assert leaked == []
+    finally:
+        await store.close()
+        for connection in created_connections:
+            await connection.close()
+
+
+async def test_open_where_the_directory_cannot_exist(tmp_path: Path) -> None:
+    blocker = tmp_path / "state"
+    blocker.write_text("a file where the directory should be")
+    store = Store(blocker / "ringjobs.db")
+    try:
+        with pytest.raises(StoreUnavailable) as info:
+            await store.open()
+        assert str(blocker) in str(info.value)
+    finally:
+        await store.close()
+
+
+async def test_closed_store_is_unavailable(tmp_path: Path) -> None:
+    store = Store(tmp_path / "ringjobs.db")
+    await store.open()
+    await store.close()
+    with pytest.raises(StoreUnavailable, match="closed"):
+        await store.get_run(1)
+    with pytest.raises(StoreUnavailable, match="closed"):
+        await store.create_run(spec(), 1, Trigger.MANUAL, None)
+
+
+# -- (i) indexes -------------------------------------------------------------------------
+
+
+async def test_listing_indexes_exist(store: Store) -> None:
+    indexes = {
+        name: sql for kind, name, _, sql in sqlite_master(store.path) if kind == "index" and sql
+    }
+    assert "ON runs (namespace, job, id)" in indexes["runs_by_job"]
+    assert "ON runs (namespace, id)" in indexes["runs_by_namespace"]
+    assert "ON runs (status, id)" in indexes["runs_by_status"]
+    assert "ON run_events (run_id, id)" in indexes["run_events_by_run"]
+    assert "UNIQUE INDEX log_lines_by_run ON log_lines (run_id, seq)" in indexes["log_lines_by_run"]
+
+
+async def query_plans(
+    store: Store, monkeypatch: pytest.MonkeyPatch, action: Any, connection: str = "_reader"
+) -> list[str]:
+    """The query plan of every statement `action` runs, with the parameters it used."""
+    db = getattr(store, connection)
+    real_execute = db.execute
+    seen: list[tuple[str, Any]] = []
+
+    def recording_execute(sql: str, params: Any = None) -> Any:
+        seen.append((sql, params))
+        return real_execute(sql, params)
+
+    monkeypatch.setattr(db, "execute", recording_execute)
+    await action()
+    monkeypatch.undo()
+    plans = []
+    with plain(store.path) as plain_db:
+        for sql, params in seen:
+            if sql.lstrip().upper().startswith(("SELECT", "DELETE", "UPDATE")):
+                rows = plain_db.execute("EXPLAIN QUERY PLAN " + sql, params or ()).fetchall()
+                plans.append(" | ".join(r["detail"] for r in rows))
+    return plans
+
+
+@pytest.mark.parametrize(
+    ("job", "index"),
+    [("job", "runs_by_job"), (None, "runs_by_namespace")],
+)
+async def test_list_runs_uses_its_index(
+    store: Store, monkeypatch: pytest.MonkeyPatch, job: str | None, index: str
+) -> None:
+    await store.create_run(spec(), 1, Trigger.MANUAL, None)
+
+    async def action() -> None:
+        await store.list_runs(namespace="ns", job=job)
+
+    [plan] = await query_plans(store, monkeypatch, action)
+    assert f"INDEX {index}" in plan, plan
+
+
+async def test_log_reads_use_the_log_index(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    run_id = await store.create_run(spec(), 1, Trigger.MANUAL, None)
+
+    async def action() -> None:
+        await store.read_logs(run_id, after=3)
+        await store.tail_logs(run_id, 10)
+        await store.last_log_seq(run_id)
+
+    plans = await query_plans(store, monkeypatch, action)
+    assert len(plans) == 3
+    for plan in plans:
+        assert "log_lines_by_run" in plan, plan
+
+
+async def test_prune_deletes_use_indexes(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    run_ids = [await store.create_run(spec(), 1, Trigger.MANUAL, None) for _ in range(3)]
+
+    async def action() -> None:
+        await store.delete_runs(run_ids)
+
+    # Planned after the deletes ran; the plan does not depend on the rows present.
+    plans = await query_plans(store, monkeypatch, action, connection="_writer")
+    assert len(plans) == 3
+    for plan in plans:
+        assert "SCAN" not in plan, plan
+        assert "INDEX" in plan or "INTEGER PRIMARY KEY" in plan, plan
+
+
+async def test_concurrent_writes_are_serialised(store: Store) -> None:
+    run_ids = [await store.create_run(spec(), 1, Trigger.MANUAL, None) for _ in range(20)]
+    await asyncio.gather(
+        *(store.update_run(r, ("started", f"run {r}"), status=RunStatus.RUNNING) for r in run_ids),
+        *(store.add_event(r, "note", "concurrent") for r in run_ids),
+    )
+    for run_id in run_ids:
+        run = await store.get_run(run_id)
+        assert run is not None and run.status is RunStatus.RUNNING
+        assert sorted(e.type for e in await store.list_events(run_id)) == [
+            "created",
+            "note",
+            "started",
+        ]
