@@ -13,6 +13,7 @@ from typing import Any
 from aiohttp import web
 
 from ringjobs import __version__
+from ringjobs.api.metrics import metrics_handler
 from ringjobs.api.openapi import openapi_document
 from ringjobs.api.problems import problem_middleware
 from ringjobs.engine.engine import Engine
@@ -49,6 +50,7 @@ def create_app(engine: Engine) -> web.Application:
         web.get("/v1/runs/{id}/events", run_events),
         web.get("/v1/namespaces", list_namespaces),
         web.post("/v1/namespaces/{ns}/prune", prune_namespace),
+        web.get("/metrics", metrics_handler(engine)),
     ]
     app.add_routes(routes)
     return app

@@ -98,6 +98,18 @@ class Engine:
     def active_count(self) -> int:
         return len(self._tasks)
 
+    @property
+    def queued_count(self) -> int:
+        return self._queue.qsize()
+
+    async def refresh_engine_status(self) -> bool:
+        """Ask the runtime now (health, /metrics) instead of trusting the last event."""
+        try:
+            self.engine_ok = bool(await self.runtime.version())
+        except EngineUnavailable:
+            self.engine_ok = False
+        return self.engine_ok
+
     # -- queue -----------------------------------------------------------------------
 
     def enqueue(self, run_id: int) -> None:

@@ -26,6 +26,7 @@ from ringjobs.engine.containers import (
 )
 from ringjobs.engine.lines import split_all
 from ringjobs.engine.logsink import LogSink, RunLog
+from ringjobs.engine.metrics import EngineMetrics
 from ringjobs.engine.notify import Notifier
 from ringjobs.engine.outcome import classify_exit
 from ringjobs.exceptions import EngineUnavailable
@@ -57,6 +58,7 @@ class EngineContext:
     notifier: Notifier
     oom_seen: set[str] = field(default_factory=set)
     stop_requests: dict[int, asyncio.Event] = field(default_factory=dict)
+    metrics: EngineMetrics = field(default_factory=EngineMetrics)
 
 
 _FAILURES: list[tuple[type[BaseException], FailureReason]] = [
@@ -333,3 +335,5 @@ class RunExecutor:
         await self.ctx.store.update_run(self.run.id, event, data, **fields)
         self.run = self.run.model_copy(update={k: v for k, v in fields.items()})
         self.ctx.notifier.notify(self.run.id)
+        if self.run.status.is_terminal and "status" in fields:
+            self.ctx.metrics.run_finished(self.run.namespace, self.run.status, self.run.reason)

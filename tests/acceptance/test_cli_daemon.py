@@ -410,3 +410,49 @@ def test_doctor_reports_docker_and_database(daemon: Daemon) -> None:
     result = daemon.cli("doctor")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "FAIL" not in result.stdout and "docker" in result.stdout.lower()
+
+
+def _raw_get(daemon: Daemon, path: str) -> tuple[int, str, str]:
+    """A plain HTTP GET over the socket: status, content type, body."""
+    with socket.socket(socket.AF_UNIX) as conn:
+        conn.connect(str(daemon.socket))
+        conn.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+        data = b""
+        while chunk := conn.recv(65536):
+            data += chunk
+    head, _, body = data.decode().partition("\r\n\r\n")
+    status = int(head.split()[1])
+    content_type = next(
+        (
+            ln.split(":", 1)[1].strip()
+            for ln in head.split("\r\n")
+            if ln.lower().startswith("content-type:")
+        ),
+        "",
+    )
+    return status, content_type.split(";")[0], body
+
+
+def test_api_errors_are_problems_and_openapi_and_metrics_answer(
+    daemon: Daemon, namespace: str, tmp_path: Path
+) -> None:
+    status, kind, body = _raw_get(daemon, "/v1/no-such-route")
+    assert (status, kind) == (404, "application/problem+json")
+    assert json.loads(body)["status"] == 404
+    status, kind, body = _raw_get(daemon, "/v1/runs/abc")
+    assert (status, kind) == (400, "application/problem+json")
+    assert "violations" in json.loads(body)
+    status, _, body = _raw_get(daemon, "/v1/openapi.json")
+    document = json.loads(body)
+    assert status == 200 and document["openapi"].startswith("3.")
+    assert {"/v1/apply", "/v1/runs/{id}/logs", "/v1/namespaces/{ns}/prune"} <= set(
+        document["paths"]
+    )
+    file = manifest(tmp_path / "m.json", namespace, {"counted": {"command": ["true"]}})
+    assert daemon.cli("apply", "-f", str(file), "--wait").returncode == 0
+    status, _, body = _raw_get(daemon, "/metrics")
+    assert status == 200 and "ringjobs_docker_up 1.0" in body
+    assert (
+        f'ringjobs_runs_finished_total{{namespace="{namespace}",reason="",status="completed"}} 1.0'
+        in body
+    )
