@@ -67,14 +67,20 @@ class Engine:
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self._background: list[asyncio.Task[None]] = []
         self._changed = asyncio.Event()
+        self._reconciled = True
         self.engine_ok = False
 
     # -- lifecycle -------------------------------------------------------------------
 
     async def start(self) -> None:
         self.sink.start()
+        try:
+            await self.reconcile()
+        except EngineUnavailable as exc:
+            # Without the engine we cannot tell running from lost: decide once it answers.
+            log.warning("reconcile_deferred", error=str(exc))
+            self._reconciled = False
         self._background.append(asyncio.create_task(self._watch_events(), name="events"))
-        await self.reconcile()
         self._background.append(asyncio.create_task(self._supervise(), name="supervisor"))
 
     async def stop(self) -> None:
@@ -147,6 +153,9 @@ class Engine:
         while True:
             try:
                 self.engine_ok = bool(await self.runtime.version())
+                if not self._reconciled:
+                    await self.reconcile()
+                    self._reconciled = True
                 async for event in self.runtime.events():
                     if event.action == "oom":
                         self.ctx.oom_seen.add(event.container_id)
@@ -252,10 +261,7 @@ class Engine:
             await self._reconcile_run(run, containers.get(run.id))
 
     async def _containers_by_run(self) -> dict[int, ContainerState]:
-        try:
-            found = await self.runtime.list_managed()
-        except EngineUnavailable:
-            return {}
+        found = await self.runtime.list_managed()  # EngineUnavailable: nothing is decided
         return {run_id: c for c in found if (run_id := _run_label(c)) is not None}
 
     async def _reconcile_run(self, run: Run, container: ContainerState | None) -> None:

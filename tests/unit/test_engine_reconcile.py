@@ -1,0 +1,99 @@
+"""Reconciliation logic with a fake runtime (the real-engine paths are in integration)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from ringjobs.config import load_config
+from ringjobs.engine.engine import Engine
+from ringjobs.exceptions import EngineUnavailable
+from ringjobs.models import JobSpec, RunStatus, Trigger
+from ringjobs.runtime.base import ContainerState, ImageInfo, OutputChunk, RuntimeEvent
+from ringjobs.store import Store
+
+
+class FakeRuntime:
+    """Holds one exited container for run 1; unreachable until `up` is set."""
+
+    def __init__(self) -> None:
+        self.up = False
+        self.removed: list[str] = []
+        self.container = ContainerState(
+            id="c" * 64,
+            status="exited",
+            running=False,
+            exit_code=5,
+            oom_killed=False,
+            error="",
+            labels={"io.ringjobs.managed": "true", "io.ringjobs.run": "1"},
+        )
+
+    def _check(self) -> None:
+        if not self.up:
+            raise EngineUnavailable("engine down (fake)")
+
+    async def version(self) -> str:
+        self._check()
+        return "fake"
+
+    async def list_managed(self) -> list[ContainerState]:
+        self._check()
+        return [self.container]
+
+    async def inspect(self, container_id: str) -> ContainerState:
+        self._check()
+        return self.container
+
+    async def output(self, container_id: str, stream: str) -> bytes:
+        return b"recovered line\n" if stream == "stdout" else b""
+
+    async def remove(self, container_id: str) -> None:
+        self.removed.append(container_id)
+
+    async def wait(self, container_id: str) -> int:
+        return 5
+
+    async def events(self) -> AsyncIterator[RuntimeEvent]:
+        self._check()
+        await asyncio.Event().wait()
+        yield RuntimeEvent("never", "", {}, 0)
+
+    async def resolve_image(self, ref: str, pull_policy: str) -> ImageInfo:
+        raise AssertionError("no new run is expected")
+
+    async def ensure_network(self, name: str, labels: dict[str, str]) -> None: ...
+    async def create(self, spec: Any) -> str: ...
+    async def attach(self, container_id: str) -> AsyncIterator[OutputChunk]: ...
+    async def start(self, container_id: str) -> None: ...
+    async def stop(self, container_id: str, grace_seconds: float) -> None: ...
+    async def close(self) -> None: ...
+
+
+async def test_engine_down_at_start_defers_reconciliation(tmp_path: Path) -> None:
+    config = load_config(None, {"database": tmp_path / "db", "socket": tmp_path / "s"}, {})
+    store = Store(config.database)
+    await store.open()
+    spec = JobSpec(namespace="ns", name="job", image="img")
+    run_id = await store.create_run(spec, 1, Trigger.MANUAL, None)
+    await store.update_run(run_id, None, status=RunStatus.RUNNING, container_id="c" * 64, attempt=1)
+    runtime = FakeRuntime()
+    engine = Engine(store, runtime, config)  # type: ignore[arg-type]
+    await engine.start()
+    try:
+        run = await store.get_run(run_id)
+        assert run is not None and run.status == RunStatus.RUNNING  # not marked lost
+        runtime.up = True
+        deadline = time.monotonic() + 10
+        while not (run := await store.get_run(run_id)) or not run.status.is_terminal:
+            assert time.monotonic() < deadline, "the run was never reconciled"
+            await asyncio.sleep(0.05)
+        assert (run.status, run.reason, run.exit_code) == (RunStatus.FAILED, "exit_code", 5)
+        assert [r.line for r in await store.read_logs(run_id)] == ["recovered line"]
+        assert runtime.removed == ["c" * 64]
+    finally:
+        await engine.stop()
+        await store.close()
