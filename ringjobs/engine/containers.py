@@ -6,6 +6,7 @@ from ringjobs.config import Config
 from ringjobs.models import JobSpec, Run, SecretRef
 from ringjobs.runtime.base import (
     LABEL_ATTEMPT,
+    LABEL_INSTANCE,
     LABEL_JOB,
     LABEL_MANAGED,
     LABEL_NAMESPACE,
@@ -23,9 +24,10 @@ def network_name(namespace: str) -> str:
     return f"ringjobs_{namespace}"
 
 
-def managed_labels(run: Run, attempt: int) -> dict[str, str]:
+def managed_labels(run: Run, attempt: int, instance: str) -> dict[str, str]:
     return {
         LABEL_MANAGED: "true",
+        LABEL_INSTANCE: instance,
         LABEL_RUN: str(run.id),
         LABEL_NAMESPACE: run.namespace,
         LABEL_JOB: run.job,
@@ -65,7 +67,12 @@ def check_supported(spec: JobSpec) -> None:
 
 
 def container_spec(
-    run: Run, attempt: int, image: ImageInfo, config: Config, env: dict[str, str]
+    run: Run,
+    attempt: int,
+    image: ImageInfo,
+    config: Config,
+    env: dict[str, str],
+    instance: str,
 ) -> ContainerSpec:
     spec = run.spec
     check_supported(spec)
@@ -73,7 +80,7 @@ def container_spec(
     return ContainerSpec(
         name=f"ringjobs-{run.namespace}-{run.job}-{run.id}-{attempt}",
         image=image.id,  # pinned: every attempt runs exactly the resolved image
-        labels={**spec.labels, **managed_labels(run, attempt)},
+        labels={**spec.labels, **managed_labels(run, attempt, instance)},
         command=spec.command,
         entrypoint=["/bin/sh", "-c"] if spec.shell else None,
         environment=env,

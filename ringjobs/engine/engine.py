@@ -21,7 +21,7 @@ from ringjobs.engine.executor import EngineContext, RunExecutor
 from ringjobs.engine.logsink import LogSink
 from ringjobs.engine.notify import Notifier
 from ringjobs.exceptions import Conflict, EngineUnavailable, NotFound
-from ringjobs.models import JobSpec, Run, RunStatus, Trigger
+from ringjobs.models import JobSpec, Run, RunStatus, Trigger, utcnow
 from ringjobs.runtime.base import LABEL_RUN, ContainerState, Runtime
 from ringjobs.store import Store
 from ringjobs.store.store import ApplyOutcome
@@ -243,7 +243,7 @@ class Engine:
 
     async def _remove_leftovers(self, run_ids: set[int]) -> int:
         removed = 0
-        for container in await self.runtime.list_managed():
+        for container in await self.runtime.list_managed(self.store.instance_id):
             if _run_label(container) in run_ids:
                 await self.runtime.remove(container.id)
                 removed += 1
@@ -254,14 +254,32 @@ class Engine:
     async def reconcile(self) -> None:
         """Bring every unfinished run in line with what the runtime really has."""
         runs = await self.store.active_runs()
-        if not runs:
-            return
         containers = await self._containers_by_run()
         for run in runs:
-            await self._reconcile_run(run, containers.get(run.id))
+            await self._reconcile_run(run, containers.pop(run.id, None))
+        for run_id, container in containers.items():
+            await self._sweep(run_id, container)
+
+    async def _sweep(self, run_id: int, container: ContainerState) -> None:
+        """A container of a finished or pruned run: remove it when its keep time is over."""
+        run = await self.store.get_run(run_id)
+        keep = run.spec.keep_container_seconds if run else None
+        finished = run.finished_at if run else None
+        left = (keep or 0) - ((utcnow() - finished).total_seconds() if finished else 0)
+        if run is None or left <= 0:
+            await self.runtime.remove(container.id)
+            if run is not None:
+                await self.store.add_event(
+                    run_id, "container_removed", f"container {container.id[:12]} removed"
+                )
+            return
+        loop = asyncio.get_running_loop()
+        loop.call_later(left, lambda: asyncio.ensure_future(self._sweep(run_id, container)))
 
     async def _containers_by_run(self) -> dict[int, ContainerState]:
-        found = await self.runtime.list_managed()  # EngineUnavailable: nothing is decided
+        found = await self.runtime.list_managed(
+            self.store.instance_id
+        )  # EngineUnavailable: nothing is decided
         return {run_id: c for c in found if (run_id := _run_label(c)) is not None}
 
     async def _reconcile_run(self, run: Run, container: ContainerState | None) -> None:

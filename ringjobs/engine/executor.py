@@ -20,7 +20,6 @@ from ringjobs.engine.containers import (
     ConfigProblem,
     check_supported,
     container_spec,
-    managed_labels,
     network_name,
     resolve_environment,
 )
@@ -32,6 +31,7 @@ from ringjobs.engine.outcome import classify_exit
 from ringjobs.exceptions import EngineUnavailable
 from ringjobs.models import FailureReason, Run, RunStatus, StopIntent, utcnow
 from ringjobs.runtime.base import (
+    LABEL_MANAGED,
     ContainerNotFound,
     ContainerState,
     ImageNotFound,
@@ -114,10 +114,11 @@ class RunExecutor:
             run.spec.image or "", run.spec.image_pull_policy
         )
         await self._transition(("image_resolved", f"{image.ref} is {image.id}"), image_id=image.id)
-        cspec = container_spec(run, self.attempt, image, self.ctx.config, env)
+        instance = self.ctx.store.instance_id
+        cspec = container_spec(run, self.attempt, image, self.ctx.config, env, instance)
         if run.spec.network == "namespace":
             await self.ctx.runtime.ensure_network(
-                network_name(run.namespace), managed_labels(run, self.attempt)
+                network_name(run.namespace), {LABEL_MANAGED: "true"}
             )
         self.container_id = await self.ctx.runtime.create(cspec)
         await self._transition(

@@ -17,6 +17,7 @@ LABEL_RUN = "io.ringjobs.run"
 LABEL_NAMESPACE = "io.ringjobs.namespace"
 LABEL_JOB = "io.ringjobs.job"
 LABEL_ATTEMPT = "io.ringjobs.attempt"
+LABEL_INSTANCE = "io.ringjobs.instance"  # which daemon database owns the container
 
 
 class RuntimeFailure(RingjobsError):
@@ -133,7 +134,9 @@ class Runtime(Protocol):
         """The whole stored output of one stream, for recovery after a restart."""
         ...
 
-    async def list_managed(self) -> list[ContainerState]: ...
+    async def list_managed(self, instance: str) -> list[ContainerState]:
+        """Containers carrying our labels and this instance id."""
+        ...
 
     def events(self) -> AsyncIterator[RuntimeEvent]:
         """Container events of managed containers, reconnecting as needed."""

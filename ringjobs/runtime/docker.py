@@ -25,6 +25,7 @@ from docker.utils.socket import frames_iter
 
 from ringjobs.exceptions import EngineUnavailable
 from ringjobs.runtime.base import (
+    LABEL_INSTANCE,
     LABEL_MANAGED,
     ContainerNotFound,
     ContainerSpec,
@@ -260,10 +261,9 @@ class DockerRuntime:
             raise ContainerNotFound(f"container {container_id[:12]} is gone") from exc
         return bytes(data)
 
-    async def list_managed(self) -> list[ContainerState]:
-        rows = await self._call(
-            self._api.containers, all=True, filters={"label": f"{LABEL_MANAGED}=true"}
-        )
+    async def list_managed(self, instance: str) -> list[ContainerState]:
+        labels = [f"{LABEL_MANAGED}=true", f"{LABEL_INSTANCE}={instance}"]
+        rows = await self._call(self._api.containers, all=True, filters={"label": labels})
         states = []
         for row in rows:
             with contextlib.suppress(ContainerNotFound):

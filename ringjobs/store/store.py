@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
+import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -115,6 +116,7 @@ class Store:
         self._writer: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
         self._lock = asyncio.Lock()
+        self.instance_id = ""
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -132,6 +134,7 @@ class Store:
             await self._migrate(self._writer)
             self._reader = await self._connect()
             await self._reader.execute("PRAGMA query_only = ON")
+            self.instance_id = await self._instance_id()
         except BaseException:
             await self.close()
             raise
@@ -169,6 +172,14 @@ class Store:
                 await db.executescript(
                     f"BEGIN IMMEDIATE;\n{script}\nPRAGMA user_version = {version};\nCOMMIT;"
                 )
+
+    async def _instance_id(self) -> str:
+        """A random id made once per database; it tells our containers from others'."""
+        async with self._write() as db:
+            await db.execute(_q("init_meta"), {"key": "instance_id", "value": uuid.uuid4().hex})
+        row = await self._fetchone(_q("get_meta"), {"key": "instance_id"})
+        assert row is not None
+        return str(row[0])
 
     async def close(self) -> None:
         for db in (self._reader, self._writer):

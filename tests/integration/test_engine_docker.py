@@ -267,6 +267,7 @@ async def test_container_is_hardened_and_labelled(harness: Harness) -> None:
     labels = info["Config"]["Labels"]
     assert labels["io.ringjobs.managed"] == "true" and labels["io.ringjobs.run"] == str(run_id)
     assert labels["io.ringjobs.namespace"] == harness.namespace
+    assert labels["io.ringjobs.instance"] == harness.store.instance_id != ""
     assert (labels["io.ringjobs.job"], labels["io.ringjobs.attempt"]) == ("hard", "1")
     status = await docker_cli("exec", info["Id"], "cat", "/proc/1/status")
     assert "CapEff:\t0000000000000000" in status and "NoNewPrivs:\t1" in status
@@ -347,3 +348,35 @@ async def test_unsupported_source_and_missing_secret_fail_as_config_errors(
         assert (run.status, run.reason) == (RunStatus.FAILED, "config_error")
         assert needle in (run.message or "")
     assert containers_of(harness.namespace) == []
+
+
+async def _until_gone(namespace: str, within: float) -> None:
+    deadline = time.monotonic() + within
+    while containers_of(namespace):
+        assert time.monotonic() < deadline, "the kept container was never removed"
+        await asyncio.sleep(0.1)
+
+
+async def test_keep_container_keeps_it_then_removes_it_even_across_a_restart(
+    namespace: str, tmp_path: Path
+) -> None:
+    config = make_config(tmp_path)
+    first = Harness(config, namespace)
+    await first.start()
+    try:
+        kept = await first.run(first.spec("kept", ["true"], keep_container_seconds=1.0))
+        assert containers_of(namespace)  # there for inspection right after the run
+        await _until_gone(namespace, 15)
+        assert "container_kept" in await first.event_types(kept.id)
+        assert (await first.event_types(kept.id))[-1] == "container_removed"
+        await first.run(first.spec("orphan", ["true"], keep_container_seconds=1.5))
+    finally:
+        await first.stop()  # its removal timer dies with it
+    assert containers_of(namespace)
+    await asyncio.sleep(1.5)  # let the keep time pass while no daemon runs
+    second = Harness(config, namespace)
+    await second.start()  # the restart sweeps the expired container
+    try:
+        await _until_gone(namespace, 15)
+    finally:
+        await second.stop()

@@ -40,7 +40,7 @@ class FakeRuntime:
         self._check()
         return "fake"
 
-    async def list_managed(self) -> list[ContainerState]:
+    async def list_managed(self, instance: str) -> list[ContainerState]:
         self._check()
         return [self.container]
 

@@ -1,5 +1,11 @@
 -- Named queries: each starts with a "-- name: NAME" line. Loaded by ringjobs.store.queries.
 
+-- name: get_meta
+SELECT value FROM meta WHERE key = :key;
+
+-- name: init_meta
+INSERT INTO meta (key, value) VALUES (:key, :value) ON CONFLICT (key) DO NOTHING;
+
 -- name: upsert_namespace
 INSERT INTO namespaces (name, environment, network, created_at, updated_at)
 VALUES (:name, :environment, :network, :now, :now)

@@ -1,4 +1,10 @@
 -- The schema the code expects: the result of every migration in order (checked by a test).
+-- Facts about this database, e.g. the instance id its containers are labelled with.
+CREATE TABLE meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+
 CREATE TABLE namespaces (
     name        TEXT PRIMARY KEY,
     environment TEXT NOT NULL DEFAULT '{}',

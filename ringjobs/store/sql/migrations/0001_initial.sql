@@ -1,4 +1,10 @@
 -- ringjobs schema, version 1.
+-- Facts about this database, e.g. the instance id its containers are labelled with.
+CREATE TABLE meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+
 CREATE TABLE namespaces (
     name        TEXT PRIMARY KEY,
     environment TEXT NOT NULL DEFAULT '{}',
