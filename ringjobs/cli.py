@@ -465,6 +465,17 @@ def cmd_run_wait(args: argparse.Namespace) -> int:
     return _wait_for_runs(_client(args), [args.run], args.logs)
 
 
+def cmd_run_cancel(args: argparse.Namespace) -> int:
+    run = _client(args).cancel_run(args.run)
+    if args.output == "json":
+        _print_json(run)
+    elif run.get("status") == "cancelled":
+        print(f"run {run['id']} cancelled")
+    else:
+        print(f"run {run['id']}: cancel requested; stopping its container")
+    return exitcodes.OK
+
+
 def cmd_run_events(args: argparse.Namespace) -> int:
     for event in _client(args).stream_events(args.run, follow=args.follow):
         if args.output == "json":
@@ -943,12 +954,12 @@ def _format_seconds(seconds: float) -> str:
 _TOP_LEVEL = ("apply", "job", "run", "logs", "namespace", "daemon", "doctor")
 _GROUPS = {
     "job": "list, inspect, run and delete jobs",
-    "run": "list, inspect, wait for and follow runs",
+    "run": "list, inspect, wait for, cancel and follow runs",
     "namespace": "list and prune namespaces",
 }
 _GROUP_LEAVES = {
     "job": ("list", "inspect", "delete", "run"),
-    "run": ("list", "inspect", "wait", "events"),
+    "run": ("list", "inspect", "wait", "cancel", "events"),
     "namespace": ("list", "prune"),
 }
 _LEAVES: dict[str, tuple[str, Handler, ArgumentAdder]] = {
@@ -960,6 +971,7 @@ _LEAVES: dict[str, tuple[str, Handler, ArgumentAdder]] = {
     "run list": ("list runs, newest first", cmd_run_list, _run_list_arguments),
     "run inspect": ("show a run", cmd_run_inspect, _run_inspect_arguments),
     "run wait": ("wait for a run; exit with its code", cmd_run_wait, _run_wait_arguments),
+    "run cancel": ("cancel a pending or running run", cmd_run_cancel, _run_inspect_arguments),
     "run events": ("show a run's events", cmd_run_events, _run_events_arguments),
     "logs": ("print a run's logs", cmd_logs, _logs_arguments),
     "namespace list": ("list namespaces", cmd_namespace_list, _add_output),

@@ -328,6 +328,9 @@ class Client:
     def stream_events(self, run_id: int, follow: bool = False) -> Iterator[JSON]:
         return self._ndjson(f"/v1/runs/{int(run_id)}/events", {"follow": follow}, follow)
 
+    def cancel_run(self, run_id: int) -> JSON:
+        return self._json("POST", f"/v1/runs/{int(run_id)}/cancel", body={})
+
     def list_namespaces(self) -> JSON:
         return self._json("GET", "/v1/namespaces")
 

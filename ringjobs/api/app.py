@@ -46,6 +46,7 @@ def create_app(engine: Engine) -> web.Application:
         web.get("/v1/runs", list_runs),
         web.get("/v1/runs/{id}", get_run),
         web.get("/v1/runs/{id}/wait", wait_run),
+        web.post("/v1/runs/{id}/cancel", cancel_run),
         web.get("/v1/runs/{id}/logs", run_logs),
         web.get("/v1/runs/{id}/events", run_events),
         web.get("/v1/namespaces", list_namespaces),
@@ -284,6 +285,12 @@ async def wait_run(request: web.Request) -> web.Response:
         await engine.notifier.wait(token, min(remaining, _FOLLOW_POLL * 5))
         run = await _require_run(engine, str(run.id))
     return _json(run.to_api())
+
+
+async def cancel_run(request: web.Request) -> web.Response:
+    engine = _engine(request)
+    run = await _require_run(engine, request.match_info["id"])
+    return _json((await engine.cancel(run.id, peer_uid(request))).to_api())
 
 
 async def run_logs(request: web.Request) -> web.StreamResponse:

@@ -91,6 +91,11 @@ def _paths() -> dict[str, Any]:
                 parameters=[*_RUN_ID, _param("timeout", "integer")],
             )
         },
+        "/v1/runs/{id}/cancel": {
+            "post": _op(
+                "Cancel a pending or running run", _answer(_RUN), 400, 404, 409, parameters=_RUN_ID
+            )
+        },
         "/v1/runs/{id}/logs": {
             "get": _op(
                 "Log records as NDJSON",

@@ -21,7 +21,7 @@ from ringjobs.engine.executor import EngineContext, RunExecutor
 from ringjobs.engine.logsink import LogSink
 from ringjobs.engine.notify import Notifier
 from ringjobs.exceptions import Conflict, EngineUnavailable, NotFound
-from ringjobs.models import JobSpec, Run, RunStatus, Trigger, utcnow
+from ringjobs.models import JobSpec, Run, RunStatus, StopIntent, Trigger, utcnow
 from ringjobs.runtime.base import LABEL_RUN, ContainerState, Runtime
 from ringjobs.store import Store
 from ringjobs.store.store import ApplyOutcome
@@ -142,6 +142,7 @@ class Engine:
                 log.exception("run_crashed", run_id=run_id)
             finally:
                 self._tasks.pop(run_id, None)
+                self.ctx.stop_requests.pop(run_id, None)
                 self._slots.release()
                 self.notifier.notify(run_id)
                 self._changed.set()
@@ -200,6 +201,30 @@ class Engine:
             )
         await self.store.delete_job(namespace, name)
 
+    async def cancel(self, run_id: int, caller_uid: int | None, why: str = "") -> Run:
+        """Cancel a pending run (it never starts) or stop a running one (SIGTERM, grace, KILL)."""
+        run = await self._run(run_id)
+        if run.status.is_terminal:
+            raise Conflict(f"run {run_id} already finished ({run.status}); nothing to cancel")
+        who = why or (f"uid {caller_uid}" if caller_uid is not None else "the API")
+        await self.store.add_event(
+            run_id, "cancel_requested", f"cancel requested by {who}", {"caller_uid": caller_uid}
+        )
+        self.ctx.stop_requests.setdefault(run_id, asyncio.Event()).set()
+        message = f"cancelled by {who} before it started"
+        if await self.store.claim_pending(
+            run_id,
+            ("finished", message),
+            RunStatus.CANCELLED,
+            attempt=run.attempt,
+            stop_intent=StopIntent.CANCEL,
+            message=message,
+        ):
+            self.notifier.notify(run_id)
+            self.ctx.stop_requests.pop(run_id, None)  # it will never be executed
+            self.ctx.metrics.run_finished(run.namespace, RunStatus.CANCELLED, None)
+        return await self._run(run_id)
+
     async def _run(self, run_id: int) -> Run:
         run = await self.store.get_run(run_id)
         if run is None:
@@ -227,19 +252,11 @@ class Engine:
         return PruneResult(namespace, False, ids, lines, events, containers, len(active))
 
     async def _cancel_for_prune(self, run_id: int) -> None:
-        self.ctx.stop_requests.setdefault(run_id, asyncio.Event()).set()
+        await self.cancel(run_id, None, why="namespace prune --all")
         task = self._tasks.get(run_id)
         if task is not None:
             with contextlib.suppress(asyncio.CancelledError, Exception):
-                await asyncio.wait_for(asyncio.shield(task), 60)
-        run = await self.store.get_run(run_id)
-        if run is not None and not run.status.is_terminal:
-            await self.store.update_run(
-                run_id,
-                ("finished", "cancelled by prune --all"),
-                status=RunStatus.CANCELLED,
-                message="cancelled by namespace prune --all",
-            )
+                await asyncio.wait_for(asyncio.shield(task), 120)
 
     async def _remove_leftovers(self, run_ids: set[int]) -> int:
         removed = 0

@@ -103,11 +103,16 @@ class RunExecutor:
 
     async def _execute(self) -> None:
         run = self.run
-        await self._transition(
+        claimed = await self.ctx.store.claim_pending(
+            run.id,
             ("starting", f"attempt {self.attempt}: resolving image {run.spec.image}"),
-            status=RunStatus.STARTING,
+            RunStatus.STARTING,
             attempt=self.attempt,
         )
+        if not claimed:
+            return  # cancelled while it waited for a slot
+        self.run = run.model_copy(update={"status": RunStatus.STARTING, "attempt": self.attempt})
+        self.ctx.notifier.notify(run.id)
         check_supported(run.spec)
         env = await self._environment()
         image = await self.ctx.runtime.resolve_image(

@@ -25,6 +25,8 @@ from ringjobs.models import (
     NamespaceSpec,
     Run,
     RunEvent,
+    RunStatus,
+    StopIntent,
     Trigger,
     format_time,
     parse_time,
@@ -338,6 +340,32 @@ class Store:
                 )
             if event is not None:
                 await _insert_event(db, run_id, event[0], event[1], data or {})
+
+    async def claim_pending(
+        self,
+        run_id: int,
+        event: tuple[str, str],
+        status: RunStatus,
+        attempt: int = 0,
+        stop_intent: StopIntent | None = None,
+        message: str | None = None,
+    ) -> bool:
+        """Move a pending run to `status` unless it left pending meanwhile; True if it did."""
+        finished = format_time(utcnow()) if status.is_terminal else None
+        params = {
+            "id": run_id,
+            "status": str(status),
+            "attempt": attempt,
+            "stop_intent": str(stop_intent) if stop_intent else None,
+            "message": message,
+            "finished_at": finished,
+        }
+        async with self._write() as db:
+            cur = await db.execute(_q("claim_pending_run"), params)
+            if cur.rowcount != 1:
+                return False
+            await _insert_event(db, run_id, event[0], event[1], {})
+        return True
 
     async def add_event(
         self, run_id: int, type_: str, message: str, data: dict[str, Any] | None = None

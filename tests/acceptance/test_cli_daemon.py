@@ -456,3 +456,27 @@ def test_api_errors_are_problems_and_openapi_and_metrics_answer(
         f'ringjobs_runs_finished_total{{namespace="{namespace}",reason="",status="completed"}} 1.0'
         in body
     )
+
+
+def test_run_cancel_stops_a_running_run_and_wait_says_130(
+    daemon: Daemon, namespace: str, tmp_path: Path
+) -> None:
+    file = manifest(
+        tmp_path / "m.json",
+        namespace,
+        {"endless": {"command": ["sh", "-c", "echo started; sleep 60"], "stop_grace_period": "2s"}},
+    )
+    assert daemon.cli("apply", "-f", str(file)).returncode == 0
+    run_id = str(daemon.json("run", "list", "-n", namespace)["runs"][0]["id"])
+    deadline = time.monotonic() + 20
+    while daemon.json("run", "inspect", run_id)["status"] != "running":
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    cancelled = daemon.cli("run", "cancel", run_id)
+    assert cancelled.returncode == 0, cancelled.stderr
+    assert daemon.cli("run", "wait", run_id).returncode == 130
+    run = daemon.json("run", "inspect", run_id)
+    assert (run["status"], run["stop_intent"]) == ("cancelled", "cancel")
+    again = daemon.cli("run", "cancel", run_id)
+    assert again.returncode == 5 and "already finished" in again.stderr
+    assert daemon.cli("run", "cancel", "999999").returncode == 4

@@ -14,6 +14,7 @@ import pytest
 
 from ringjobs.config import Config, load_config
 from ringjobs.engine.engine import Engine
+from ringjobs.exceptions import Conflict
 from ringjobs.models import JobSpec, Run, RunStatus, Trigger
 from ringjobs.runtime.docker import DockerRuntime
 from ringjobs.store import Store
@@ -380,3 +381,43 @@ async def test_keep_container_keeps_it_then_removes_it_even_across_a_restart(
         await _until_gone(namespace, 15)
     finally:
         await second.stop()
+
+
+async def test_cancel_pending_never_starts_and_cancel_running_stops(
+    namespace: str, tmp_path: Path
+) -> None:
+    h = Harness(make_config(tmp_path, max_concurrent_runs=1), namespace)
+    await h.start()
+    try:
+        busy = await h.submit(h.spec("busy", ["sleep", "60"], stop_grace_period_seconds=2.0))
+        waiting = await h.submit(h.spec("waiting", ["true"]))
+        await running_container(h, busy)
+        pending = await h.engine.cancel(waiting, 1000)
+        assert (pending.status, pending.stop_intent, pending.attempt) == (
+            RunStatus.CANCELLED,
+            "cancel",
+            0,
+        )
+        assert "container_created" not in await h.event_types(waiting)
+        started = time.monotonic()
+        await h.engine.cancel(busy, 1000)
+        run = await h.finished(busy)
+        assert time.monotonic() - started < 15
+        with pytest.raises(Conflict):
+            await h.engine.cancel(busy, 1000)
+    finally:
+        await h.stop()
+    assert (run.status, run.reason, run.stop_intent) == (RunStatus.CANCELLED, None, "cancel")
+    assert run.exit_code == 143  # SIGTERM through init; a job that exits 0 on TERM still counts
+    types = await _event_types(tmp_path, busy)
+    assert types.index("cancel_requested") < types.index("cancel") < types.index("finished")
+    assert containers_of(namespace) == []
+
+
+async def _event_types(tmp: Path, run_id: int) -> list[str]:
+    store = Store(tmp / "rj.db")
+    await store.open()
+    try:
+        return [e.type for e in await store.list_events(run_id)]
+    finally:
+        await store.close()
