@@ -41,6 +41,8 @@ class JobDefaults(_Section):
     pids_limit: int = Field(default=512, ge=16)
     stop_grace_period: str = "10s"
     timeout: str = "24h"
+    backoff_base: str = "10s"
+    backoff_cap: str = "5m"
 
     @field_validator("memory")
     @classmethod
@@ -55,7 +57,7 @@ class JobDefaults(_Section):
             parse_cpu(value)
         return value
 
-    @field_validator("stop_grace_period", "timeout")
+    @field_validator("stop_grace_period", "timeout", "backoff_base", "backoff_cap")
     @classmethod
     def _duration(cls, value: str) -> str:
         parse_duration(value)
@@ -68,6 +70,14 @@ class JobDefaults(_Section):
     @property
     def cpu_nanos(self) -> int | None:
         return parse_cpu(self.cpu) if self.cpu else None
+
+    @property
+    def backoff_base_seconds(self) -> float:
+        return parse_duration(self.backoff_base)
+
+    @property
+    def backoff_cap_seconds(self) -> float:
+        return parse_duration(self.backoff_cap)
 
     @property
     def timeout_seconds(self) -> float | None:

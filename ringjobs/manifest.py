@@ -1233,7 +1233,22 @@ def _scalar_part(raw: dict[Any, Any], at: _At, context: _Context) -> dict[str, A
     out: dict[str, Any] = {"stop_grace_period_seconds": context.stop_grace_seconds}
     for key, (field, reader) in _SCALAR_FIELDS.items():
         _put(out, field, _opt(raw, key, at, reader))
+    _retry_policy(out, at)
     return out
+
+
+def _retry_policy(out: dict[str, Any], at: _At) -> None:
+    """backoff_limit alone means OnFailure; an explicit Never with retries contradicts it."""
+    limit = out.get("backoff_limit") or 0
+    policy = out.get("restart_policy")
+    if limit > 0 and policy is None:
+        out["restart_policy"] = "OnFailure"
+    elif limit > 0 and policy == "Never":
+        at.child("restart_policy").fail(
+            f"restart_policy: Never forbids the {limit} retries backoff_limit asks for; "
+            "use OnFailure to retry, or set backoff_limit: 0",
+            "invalid_value",
+        )
 
 
 def _network_part(raw: dict[Any, Any], at: _At, context: _Context) -> dict[str, Any]:

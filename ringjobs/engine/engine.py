@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -129,13 +129,18 @@ class Engine:
             if run is None or run.status != RunStatus.PENDING:
                 self._slots.release()
             else:
-                self._spawn(run_id, RunExecutor(self.ctx, run).execute())
+                executor = RunExecutor(self.ctx, run)
+                self._spawn(run_id, executor.execute(), executor)
             self._changed.set()
 
-    def _spawn(self, run_id: int, work: object) -> None:
+    def _spawn(self, run_id: int, work: Awaitable[None], executor: RunExecutor) -> None:
         async def guarded() -> None:
             try:
-                await work  # type: ignore[misc]
+                await work
+                if executor.retry_after is not None:  # the slot is free during the backoff
+                    asyncio.get_running_loop().call_later(
+                        executor.retry_after, self.enqueue, run_id
+                    )
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -308,7 +313,8 @@ class Engine:
             await self._requeue(run, "container was created but never started")
         elif container is not None:
             await self._slots.acquire()
-            self._spawn(run.id, RunExecutor(self.ctx, run).resume(container))
+            executor = RunExecutor(self.ctx, run)
+            self._spawn(run.id, executor.resume(container), executor)
         elif run.container_id is None:
             await self._requeue(run, "no container was created before the restart")
         else:

@@ -30,6 +30,7 @@ from ringjobs.engine.notify import Notifier
 from ringjobs.engine.outcome import classify_exit
 from ringjobs.exceptions import EngineUnavailable
 from ringjobs.models import FailureReason, Run, RunStatus, StopIntent, utcnow
+from ringjobs.retry import backoff_delay, should_retry
 from ringjobs.runtime.base import (
     LABEL_MANAGED,
     ContainerNotFound,
@@ -78,9 +79,12 @@ class RunExecutor:
         self.run = run
         self.container_id: str | None = run.container_id
         self.attempt = max(run.attempt, 1)
+        self.retry_after: float | None = None  # set when a failed attempt will be retried
 
     async def execute(self) -> None:
-        """A pending run: create and start its container, then follow it to the end."""
+        """A pending run: its next attempt, followed to the end."""
+        self.attempt = self.run.attempt + 1
+        self.container_id = None
         await self._guard(self._execute())
 
     async def resume(self, container: ContainerState) -> None:
@@ -134,6 +138,8 @@ class RunExecutor:
             await self._cancel_before_start()
             return
         writer = await self.ctx.sink.open(run.id, self.attempt)
+        if self.attempt > 1:
+            await writer.add_line("system", f"[ringjobs] attempt {self.attempt}".encode())
         stream = await self.ctx.runtime.attach(self.container_id)
         pump = asyncio.create_task(self._pump(stream, writer))
         await self._start(pump)
@@ -274,17 +280,50 @@ class RunExecutor:
             )
         elif oom:
             await self.ctx.store.add_event(self.run.id, "oom", "OOM-killed (Docker)")
-        await self._transition(
-            ("finished", f"{outcome.status}: {outcome.message}"),
-            data={"exit_code": exit_code, "oom_killed": oom},
-            status=outcome.status,
-            reason=outcome.reason,
-            message=outcome.message,
-            exit_code=exit_code,
-            oom_killed=oom,
-            finished_at=utcnow(),
+        await self._conclude(
+            outcome.status, outcome.reason, outcome.message, exit_code=exit_code, oom_killed=oom
         )
         await self._dispose_container()
+
+    async def _conclude(
+        self, status: RunStatus, reason: FailureReason | None, message: str, **fields: object
+    ) -> None:
+        """The attempt is over: schedule the next one, or write the run's final status."""
+        data = {"attempt": self.attempt, "reason": reason, **fields}
+        if status is RunStatus.FAILED and should_retry(self.run.spec, reason, self.attempt):
+            defaults = self.ctx.config.defaults
+            delay = backoff_delay(
+                self.attempt, defaults.backoff_base_seconds, defaults.backoff_cap_seconds
+            )
+            self.retry_after = delay
+            attempts = self.run.spec.backoff_limit + 1
+            await self._transition(
+                (
+                    "retry_scheduled",
+                    f"attempt {self.attempt} failed ({reason}: {message}); "
+                    f"attempt {self.attempt + 1} of {attempts} in {delay:g}s",
+                ),
+                data={**data, "delay_seconds": delay},
+                status=RunStatus.PENDING,
+                reason=reason,
+                message=message,
+                **fields,
+            )
+            return
+        await self._transition(
+            (
+                "finished",
+                f"{status}: {message}"
+                if status is not RunStatus.FAILED
+                else f"failed: {reason}: {message}",
+            ),
+            data=data,
+            status=status,
+            reason=reason,
+            message=message,
+            finished_at=utcnow(),
+            **fields,
+        )
 
     async def _oom_killed(self, exit_code: int) -> bool:
         assert self.container_id is not None
@@ -324,13 +363,7 @@ class RunExecutor:
 
     async def _fail(self, reason: FailureReason, message: str) -> None:
         log.info("run_failed", run_id=self.run.id, reason=str(reason), message=message)
-        await self._transition(
-            ("finished", f"failed: {reason}: {message}"),
-            status=RunStatus.FAILED,
-            reason=reason,
-            message=message,
-            finished_at=utcnow(),
-        )
+        await self._conclude(RunStatus.FAILED, reason, message)
         if self.container_id is not None and reason is not FailureReason.LOST:
             with contextlib.suppress(Exception):
                 await self.ctx.runtime.remove(self.container_id)

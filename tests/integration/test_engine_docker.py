@@ -421,3 +421,75 @@ async def _event_types(tmp: Path, run_id: int) -> list[str]:
         return [e.type for e in await store.list_events(run_id)]
     finally:
         await store.close()
+
+
+async def test_retries_record_every_attempt_and_stop_at_the_limit(
+    namespace: str, tmp_path: Path
+) -> None:
+    h = Harness(make_config(tmp_path, defaults={"backoff_base": "100ms"}), namespace)
+    await h.start()
+    try:
+        failing = await h.run(
+            h.spec(
+                "flaky",
+                ["sh", "-c", "echo try; exit 3"],
+                backoff_limit=2,
+                restart_policy="OnFailure",
+            )
+        )
+        state = tmp_path / "state"
+        state.mkdir()
+        counter = (
+            "n=$(($(cat /state/n 2>/dev/null || echo 0)+1)); echo $n >/state/n; "
+            'echo "try $n"; [ "$n" -ge 2 ]'
+        )
+        healed = await h.run(
+            h.spec(
+                "heals",
+                ["sh", "-c", counter],
+                backoff_limit=3,
+                restart_policy="OnFailure",
+                volumes=[{"type": "bind", "source": str(state), "destination": "/state"}],
+            )
+        )
+        records = await h.store.read_logs(failing.id, limit=100)
+        events = await h.store.list_events(failing.id)
+        healed_lines = await h.lines(healed.id)
+    finally:
+        await h.stop()
+    assert (failing.status, failing.reason, failing.exit_code, failing.attempt) == (
+        RunStatus.FAILED,
+        "exit_code",
+        3,
+        3,
+    )
+    retries = [e for e in events if e.type == "retry_scheduled"]
+    assert [(e.data["attempt"], e.data["exit_code"]) for e in retries] == [(1, 3), (2, 3)]
+    assert [e.data["delay_seconds"] for e in retries] == [0.1, 0.2]
+    assert [(r.attempt, r.stream, r.line) for r in records] == [
+        (1, "stdout", "try"),
+        (2, "system", "[ringjobs] attempt 2"),
+        (2, "stdout", "try"),
+        (3, "system", "[ringjobs] attempt 3"),
+        (3, "stdout", "try"),
+    ]
+    assert (healed.status, healed.attempt, healed.exit_code) == (RunStatus.COMPLETED, 2, 0)
+    assert healed_lines == ["try 1", "[ringjobs] attempt 2", "try 2"]
+    assert containers_of(namespace) == []
+
+
+async def test_cancel_during_backoff_ends_the_retries(namespace: str, tmp_path: Path) -> None:
+    h = Harness(make_config(tmp_path, defaults={"backoff_base": "1h"}), namespace)
+    await h.start()
+    try:
+        run_id = await h.submit(
+            h.spec("once", ["false"], backoff_limit=5, restart_policy="OnFailure")
+        )
+        deadline = time.monotonic() + 30
+        while "retry_scheduled" not in await h.event_types(run_id):
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+        run = await h.engine.cancel(run_id, None)
+    finally:
+        await h.stop()
+    assert (run.status, run.attempt, run.exit_code) == (RunStatus.CANCELLED, 1, 1)

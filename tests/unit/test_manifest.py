@@ -860,3 +860,19 @@ def test_violations_are_capped_for_pathological_input() -> None:
     found = errors(f"deployments: {{{entries}}}")
     assert len(found) == 1001
     assert "too many problems" in found[-1].message
+
+
+def test_backoff_limit_alone_retries_on_failure_and_never_contradicts_it() -> None:
+    from ringjobs.config import JobDefaults, Policy
+    from ringjobs.exceptions import ValidationFailed
+    from ringjobs.manifest import ManifestSource, load_manifests
+
+    def load(extra: str) -> object:
+        text = f"deployments:\n  j:\n    name: j\n    image: i\n{extra}"
+        return load_manifests([ManifestSource("m.yaml", text)], Policy(), JobDefaults())
+
+    loaded = load("    backoff_limit: 2\n")
+    assert loaded.jobs[0].restart_policy == "OnFailure"  # type: ignore[attr-defined]
+    with pytest.raises(ValidationFailed) as error:
+        load("    backoff_limit: 2\n    restart_policy: Never\n")
+    assert error.value.violations[0].path == "deployments.j.restart_policy"
