@@ -269,7 +269,50 @@ def _job_inspect_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _job_run_arguments(parser: argparse.ArgumentParser) -> None:
     _job_argument(parser)
+    _add_overrides(parser)
     _add_wait(parser)
+
+
+def _rerun_arguments(parser: argparse.ArgumentParser) -> None:
+    _run_argument(parser)
+    _add_overrides(parser)
+    _add_wait(parser)
+
+
+def _add_overrides(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--command",
+        dest="command_override",
+        metavar="CMD",
+        help="replace the command for this run (split like a shell)",
+    )
+    parser.add_argument(
+        "--env",
+        action="append",
+        metavar="NAME=VALUE",
+        default=[],
+        help="set a variable for this run (repeatable)",
+    )
+    parser.add_argument("--timeout", metavar="D", help="deadline for this run (30m, none)")
+    parser.add_argument(
+        "--backoff-limit", type=_natural_int, metavar="N", help="retries for this run"
+    )
+
+
+def _exec_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-n", "--namespace", required=True, help="namespace of the run")
+    parser.add_argument("--image", help="image to run")
+    parser.add_argument("--from", dest="source", metavar="SOURCE", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--env",
+        action="append",
+        metavar="NAME=VALUE",
+        default=[],
+        help="a variable for the container (repeatable)",
+    )
+    parser.add_argument("--timeout", metavar="D", help="deadline (30m, none)")
+    _add_wait(parser)
+    parser.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD ...")
 
 
 def _run_list_arguments(parser: argparse.ArgumentParser) -> None:
@@ -432,11 +475,68 @@ def cmd_job_delete(args: argparse.Namespace) -> int:
 def cmd_job_run(args: argparse.Namespace) -> int:
     namespace, name = args.job
     client = _client(args)
-    run = client.start_job_run(namespace, name)
-    print(f"run {run['id']} started")
+    return _started(client, client.start_job_run(namespace, name, _overrides(args)), args)
+
+
+def cmd_run_rerun(args: argparse.Namespace) -> int:
+    client = _client(args)
+    return _started(client, client.rerun(args.run, _overrides(args)), args)
+
+
+def cmd_exec(args: argparse.Namespace) -> int:
+    if args.source:
+        raise CommandFailed(
+            "exec --from (a live source) is not supported yet; use --image", exitcodes.USAGE
+        )
+    if not args.image:
+        raise CommandFailed("exec needs --image IMAGE", exitcodes.USAGE)
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        raise CommandFailed(
+            "exec needs a command after --, e.g. -- sh -c 'echo hi'", exitcodes.USAGE
+        )
+    request: JSON = {"namespace": args.namespace, "image": args.image, "command": command}
+    if args.env:
+        request["environment"] = _env_pairs(args.env)
+    if args.timeout:
+        request["timeout"] = args.timeout
+    client = _client(args)
+    return _started(client, client.exec_run(request), args, quiet_stdout=True)
+
+
+def _started(
+    client: Client, run: JSON, args: argparse.Namespace, quiet_stdout: bool = False
+) -> int:
+    # exec keeps stdout for the job's own output, as `docker run` does.
+    print(f"run {run['id']} started", file=sys.stderr if quiet_stdout else sys.stdout)
     if not (args.wait or args.logs):
         return exitcodes.OK
     return _wait_for_runs(client, [run["id"]], args.logs)
+
+
+def _overrides(args: argparse.Namespace) -> JSON:
+    import shlex
+
+    overrides: JSON = {}
+    if args.command_override:
+        overrides["command"] = shlex.split(args.command_override)
+    if args.env:
+        overrides["env"] = _env_pairs(args.env)
+    if args.timeout:
+        overrides["timeout"] = args.timeout
+    if args.backoff_limit is not None:
+        overrides["backoff_limit"] = args.backoff_limit
+    return overrides
+
+
+def _env_pairs(pairs: list[str]) -> dict[str, str]:
+    env = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise CommandFailed(f"--env {pair!r} must be NAME=VALUE", exitcodes.USAGE)
+        env[name] = value
+    return env
 
 
 def cmd_run_list(args: argparse.Namespace) -> int:
@@ -951,7 +1051,7 @@ def _format_seconds(seconds: float) -> str:
 
 # -- command table ---------------------------------------------------------------------
 
-_TOP_LEVEL = ("apply", "job", "run", "logs", "namespace", "daemon", "doctor")
+_TOP_LEVEL = ("apply", "job", "run", "logs", "exec", "namespace", "daemon", "doctor")
 _GROUPS = {
     "job": "list, inspect, run and delete jobs",
     "run": "list, inspect, wait for, cancel and follow runs",
@@ -959,7 +1059,7 @@ _GROUPS = {
 }
 _GROUP_LEAVES = {
     "job": ("list", "inspect", "delete", "run"),
-    "run": ("list", "inspect", "wait", "cancel", "events"),
+    "run": ("list", "inspect", "wait", "cancel", "rerun", "events"),
     "namespace": ("list", "prune"),
 }
 _LEAVES: dict[str, tuple[str, Handler, ArgumentAdder]] = {
@@ -972,6 +1072,8 @@ _LEAVES: dict[str, tuple[str, Handler, ArgumentAdder]] = {
     "run inspect": ("show a run", cmd_run_inspect, _run_inspect_arguments),
     "run wait": ("wait for a run; exit with its code", cmd_run_wait, _run_wait_arguments),
     "run cancel": ("cancel a pending or running run", cmd_run_cancel, _run_inspect_arguments),
+    "run rerun": ("replay a run's snapshot", cmd_run_rerun, _rerun_arguments),
+    "exec": ("run a recorded one-off command", cmd_exec, _exec_arguments),
     "run events": ("show a run's events", cmd_run_events, _run_events_arguments),
     "logs": ("print a run's logs", cmd_logs, _logs_arguments),
     "namespace list": ("list namespaces", cmd_namespace_list, _add_output),

@@ -292,8 +292,16 @@ class Client:
     def delete_job(self, namespace: str, name: str) -> JSON:
         return self._json("DELETE", _job_path(namespace, name))
 
-    def start_job_run(self, namespace: str, name: str) -> JSON:
-        return self._json("POST", _job_path(namespace, name) + "/runs", body={})
+    def start_job_run(self, namespace: str, name: str, overrides: JSON | None = None) -> JSON:
+        body = {"overrides": overrides} if overrides else {}
+        return self._json("POST", _job_path(namespace, name) + "/runs", body=body)
+
+    def rerun(self, run_id: int, overrides: JSON | None = None) -> JSON:
+        body = {"overrides": overrides} if overrides else {}
+        return self._json("POST", f"/v1/runs/{int(run_id)}/rerun", body=body)
+
+    def exec_run(self, request: JSON) -> JSON:
+        return self._json("POST", "/v1/exec", body=request)
 
     def list_runs(
         self,

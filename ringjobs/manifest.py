@@ -1345,3 +1345,93 @@ def _namespace_spec(key: object, value: object, at: _At) -> NamespaceSpec | None
     return _construct(
         NamespaceSpec, {"name": name, "environment": environment, "network": network}, at
     )
+
+
+EXEC_JOB_NAME = "exec"
+_EXEC_FIELDS = ("namespace", "image", "command", "environment", "timeout", "network")
+
+
+def exec_spec(body: dict[str, Any], policy: Policy, defaults: JobDefaults) -> JobSpec:
+    """The JobSpec of `ringjobs exec`: its fields checked exactly like a manifest entry's."""
+    unknown = sorted(str(k) for k in body if k not in _EXEC_FIELDS)
+    entry = {k: body[k] for k in _EXEC_FIELDS if k in body}
+    entry.update({"name": EXEC_JOB_NAME, "kind": "job"})
+    text = json.dumps({"deployments": {"exec": entry}}, default=str)
+    try:
+        loaded = load_manifests([ManifestSource("exec", text)], policy, defaults)
+    except ValidationFailed as exc:
+        raise ValidationFailed(
+            [_exec_violation(v) for v in exc.violations], title="invalid exec request"
+        ) from None
+    if unknown:
+        raise ValidationFailed(
+            [
+                Violation(
+                    path=k,
+                    message=f"unknown field (known: {', '.join(_EXEC_FIELDS)})",
+                    code="unknown_field",
+                )
+                for k in unknown
+            ],
+            title="invalid exec request",
+        )
+    return loaded.jobs[0]
+
+
+def _exec_violation(violation: Violation) -> Violation:
+    path = violation.path.removeprefix("deployments.exec.").removeprefix("deployments.exec")
+    return Violation(
+        path=f"exec.{path}" if path else "exec", message=violation.message, code=violation.code
+    )
+
+
+_OVERRIDE_FIELDS = ("command", "env", "timeout", "backoff_limit")
+
+
+def apply_overrides(spec: JobSpec, body: dict[str, Any], defaults: JobDefaults) -> JobSpec:
+    """A run's snapshot with the safe per-run overrides of `job run` and `run rerun`."""
+    entry: dict[str, Any] = {"name": spec.name, "image": "x"}
+    if body.get("command") is not None:
+        entry["command"] = body["command"]
+    if body.get("env") is not None:
+        entry["environment"] = body["env"]
+    for key in ("timeout", "backoff_limit"):
+        if body.get(key) is not None:
+            entry[key] = body[key]
+    violations = [
+        Violation(
+            path=f"overrides.{k}",
+            message=f"not an override (allowed: {', '.join(_OVERRIDE_FIELDS)})",
+            code="unknown_field",
+        )
+        for k in body
+        if k not in _OVERRIDE_FIELDS
+    ]
+    text = json.dumps({"deployments": {"run": entry}}, default=str)
+    try:
+        parsed = load_manifests([ManifestSource("overrides", text)], Policy(), defaults).jobs[0]
+    except ValidationFailed as exc:
+        violations += [_override_violation(v) for v in exc.violations]
+    if violations:
+        raise ValidationFailed(violations, title="invalid run overrides")
+    return spec.model_copy(update=_override_update(spec, body, parsed))
+
+
+def _override_update(spec: JobSpec, body: dict[str, Any], parsed: JobSpec) -> dict[str, Any]:
+    update: dict[str, Any] = {}
+    if body.get("command") is not None:
+        update["command"] = parsed.command
+    if body.get("env") is not None:
+        update["environment"] = {**spec.environment, **parsed.environment}
+    if body.get("timeout") is not None:
+        update["timeout_seconds"] = parsed.timeout_seconds
+    if body.get("backoff_limit") is not None:
+        update["backoff_limit"] = parsed.backoff_limit
+        update["restart_policy"] = "OnFailure" if parsed.backoff_limit else "Never"
+    return update
+
+
+def _override_violation(violation: Violation) -> Violation:
+    path = violation.path.removeprefix("deployments.run.")
+    path = {"environment": "env"}.get(path.split(".")[0], path.split(".")[0])
+    return Violation(path=f"overrides.{path}", message=violation.message, code=violation.code)

@@ -18,8 +18,8 @@ from ringjobs.api.openapi import openapi_document
 from ringjobs.api.problems import problem_middleware
 from ringjobs.engine.engine import Engine
 from ringjobs.exceptions import BadRequest, NotFound, StoreUnavailable
-from ringjobs.manifest import ManifestSource, load_manifests
-from ringjobs.models import Run, parse_time, utcnow
+from ringjobs.manifest import ManifestSource, apply_overrides, exec_spec, load_manifests
+from ringjobs.models import JobSpec, Run, parse_time, utcnow
 from ringjobs.store import LogRecord, StoredJob
 from ringjobs.store.store import ApplyOutcome
 from ringjobs.units import UnitError, parse_duration
@@ -47,6 +47,8 @@ def create_app(engine: Engine) -> web.Application:
         web.get("/v1/runs/{id}", get_run),
         web.get("/v1/runs/{id}/wait", wait_run),
         web.post("/v1/runs/{id}/cancel", cancel_run),
+        web.post("/v1/runs/{id}/rerun", rerun),
+        web.post("/v1/exec", exec_run),
         web.get("/v1/runs/{id}/logs", run_logs),
         web.get("/v1/runs/{id}/events", run_events),
         web.get("/v1/namespaces", list_namespaces),
@@ -208,8 +210,25 @@ async def delete_job(request: web.Request) -> web.Response:
 async def start_job_run(request: web.Request) -> web.Response:
     engine = _engine(request)
     ns, name = request.match_info["ns"], request.match_info["name"]
-    run = await engine.start_job_run(ns, name, peer_uid(request))
+    customize = _overrides(await _body(request, required=False), engine)
+    run = await engine.start_job_run(ns, name, peer_uid(request), customize)
     return _json(run.to_api(), status=201)
+
+
+async def rerun(request: web.Request) -> web.Response:
+    engine = _engine(request)
+    source = await _require_run(engine, request.match_info["id"])
+    customize = _overrides(await _body(request, required=False), engine)
+    run = await engine.rerun(source.id, peer_uid(request), customize)
+    return _json(run.to_api(), status=201)
+
+
+def _overrides(body: dict[str, Any], engine: Engine) -> Callable[[JobSpec], JobSpec]:
+    overrides = body.get("overrides") or {}
+    if not isinstance(overrides, dict):
+        raise BadRequest('"overrides" must be an object: command, env, timeout, backoff_limit')
+    defaults = engine.config.defaults
+    return lambda spec: apply_overrides(spec, overrides, defaults) if overrides else spec
 
 
 async def _require_job(engine: Engine, ns: str, name: str) -> StoredJob:
@@ -285,6 +304,15 @@ async def wait_run(request: web.Request) -> web.Response:
         await engine.notifier.wait(token, min(remaining, _FOLLOW_POLL * 5))
         run = await _require_run(engine, str(run.id))
     return _json(run.to_api())
+
+
+async def exec_run(request: web.Request) -> web.Response:
+    """A one-off run like `docker run --rm`, validated as a one-entry manifest."""
+    engine = _engine(request)
+    body = await _body(request)
+    spec = await asyncio.to_thread(exec_spec, body, engine.config.policy, engine.config.defaults)
+    run = await engine.exec_run(spec, peer_uid(request))
+    return _json(run.to_api(), status=201)
 
 
 async def cancel_run(request: web.Request) -> web.Response:

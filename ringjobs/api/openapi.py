@@ -96,6 +96,21 @@ def _paths() -> dict[str, Any]:
                 "Cancel a pending or running run", _answer(_RUN), 400, 404, 409, parameters=_RUN_ID
             )
         },
+        "/v1/runs/{id}/rerun": {
+            "post": {
+                "summary": "Replay a run's snapshot with optional overrides",
+                "parameters": _RUN_ID,
+                "requestBody": body,
+                "responses": {"201": _answer(_RUN), **_errors(400, 404, 409, 422)},
+            }
+        },
+        "/v1/exec": {
+            "post": {
+                "summary": "Start a recorded one-off run",
+                "requestBody": body,
+                "responses": {"201": _answer(_RUN), **_errors(400, 422)},
+            }
+        },
         "/v1/runs/{id}/logs": {
             "get": _op(
                 "Log records as NDJSON",

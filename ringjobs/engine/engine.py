@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -181,17 +181,41 @@ class Engine:
                 self.enqueue(outcome.run_id)
         return outcomes
 
-    async def start_job_run(self, namespace: str, name: str, caller_uid: int | None) -> Run:
+    async def start_job_run(
+        self,
+        namespace: str,
+        name: str,
+        caller_uid: int | None,
+        customize: Callable[[JobSpec], JobSpec] = lambda spec: spec,
+    ) -> Run:
+        """A run of the job's current revision (trigger manual), with per-run overrides."""
         job = await self.store.get_job(namespace, name)
         if job is None:
             raise NotFound(f"job {namespace}/{name} does not exist; apply its manifest first")
-        active = await self.store.active_run_ids(namespace, name)
-        if active and job.spec.concurrency_policy == "Forbid":
+        spec = customize(job.spec)
+        return await self._start(spec, job.revision, Trigger.MANUAL, caller_uid)
+
+    async def rerun(
+        self,
+        run_id: int,
+        caller_uid: int | None,
+        customize: Callable[[JobSpec], JobSpec] = lambda spec: spec,
+    ) -> Run:
+        """Replay a run's immutable snapshot (trigger rerun), with per-run overrides."""
+        source = await self._run(run_id)
+        spec = customize(source.spec)
+        return await self._start(spec, source.revision, Trigger.RERUN, caller_uid)
+
+    async def _start(
+        self, spec: JobSpec, revision: int, trigger: Trigger, caller_uid: int | None
+    ) -> Run:
+        active = await self.store.active_run_ids(spec.namespace, spec.name)
+        if active and spec.concurrency_policy == "Forbid":
             raise Conflict(
-                f"job {namespace}/{name} already has an active run ({active[0]}) and its "
+                f"job {spec.key} already has an active run ({active[0]}) and its "
                 "concurrency_policy is Forbid; wait for it, or set concurrency_policy: Allow"
             )
-        run_id = await self.store.create_run(job.spec, job.revision, Trigger.MANUAL, caller_uid)
+        run_id = await self.store.create_run(spec, revision, trigger, caller_uid)
         self.enqueue(run_id)
         return await self._run(run_id)
 
@@ -205,6 +229,12 @@ class Engine:
                 "wait for them to finish before deleting it"
             )
         await self.store.delete_job(namespace, name)
+
+    async def exec_run(self, spec: JobSpec, caller_uid: int | None) -> Run:
+        """Start a one-off run (trigger exec): no job definition, always allowed to run."""
+        run_id = await self.store.create_run(spec, 0, Trigger.EXEC, caller_uid)
+        self.enqueue(run_id)
+        return await self._run(run_id)
 
     async def cancel(self, run_id: int, caller_uid: int | None, why: str = "") -> Run:
         """Cancel a pending run (it never starts) or stop a running one (SIGTERM, grace, KILL)."""

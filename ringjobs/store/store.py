@@ -281,6 +281,7 @@ class Store:
         self, spec: JobSpec, revision: int, trigger: Trigger, caller_uid: int | None
     ) -> int:
         async with self._write() as db:
+            await _upsert_namespace(db, spec.namespace, None, format_time(utcnow()), False)
             return await _insert_run(db, spec, revision, trigger, caller_uid)
 
     async def get_run(self, run_id: int) -> Run | None:

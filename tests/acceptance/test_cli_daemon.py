@@ -480,3 +480,73 @@ def test_run_cancel_stops_a_running_run_and_wait_says_130(
     again = daemon.cli("run", "cancel", run_id)
     assert again.returncode == 5 and "already finished" in again.stderr
     assert daemon.cli("run", "cancel", "999999").returncode == 4
+
+
+def test_exec_is_a_recorded_one_off_run(daemon: Daemon, namespace: str) -> None:
+    result = daemon.cli(
+        "exec",
+        "-n",
+        namespace,
+        "--image",
+        IMAGE,
+        "--env",
+        "WHO=exec",
+        "--wait",
+        "--logs",
+        "--",
+        "sh",
+        "-c",
+        "echo hi $WHO; exit 4",
+    )
+    assert result.returncode == 4
+    assert result.stdout == "hi exec\n"  # stdout carries only the job's output
+    runs = daemon.json("run", "list", "-n", namespace)["runs"]
+    assert [(r["job"], r["trigger"], r["exit_code"]) for r in runs] == [("exec", "exec", 4)]
+    bad = daemon.cli("exec", "-n", "Not_A_Label", "--image", IMAGE, "--", "true")
+    assert bad.returncode == 1 and "exec.namespace" in bad.stderr
+    assert daemon.cli("exec", "-n", namespace, "--image", IMAGE).returncode == 2
+
+
+def test_job_run_and_rerun_take_safe_overrides(
+    daemon: Daemon, namespace: str, tmp_path: Path
+) -> None:
+    file = manifest(
+        tmp_path / "m.json",
+        namespace,
+        {
+            "greet": {
+                "command": ["sh", "-c", "echo $$GREETING"],
+                "environment": {"GREETING": "hello"},
+            }
+        },
+    )
+    assert daemon.cli("apply", "-f", str(file), "--wait").returncode == 0
+    first = daemon.json("run", "list", "-n", namespace)["runs"][0]["id"]
+    manual = daemon.cli("job", "run", f"{namespace}/greet", "--env", "GREETING=bonjour", "--wait")
+    assert manual.returncode == 0, manual.stderr
+    rerun = daemon.cli(
+        "run", "rerun", str(first), "--command", "sh -c 'echo again; exit 2'", "--wait"
+    )
+    assert rerun.returncode == 2
+    runs = daemon.json("run", "list", "-n", namespace)["runs"]
+    assert [r["trigger"] for r in runs] == ["rerun", "manual", "apply"]
+    outputs = [daemon.cli("logs", str(r["id"])).stdout for r in runs]
+    assert outputs == ["again\n", "bonjour\n", "hello\n"]
+    invalid = daemon.cli("job", "run", f"{namespace}/greet", "--timeout", "soon")
+    assert invalid.returncode == 1 and "overrides.timeout" in invalid.stderr
+
+
+def test_forbid_refuses_a_second_run_with_exit_five(
+    daemon: Daemon, namespace: str, tmp_path: Path
+) -> None:
+    file = manifest(
+        tmp_path / "m.json",
+        namespace,
+        {"solo": {"command": ["sleep", "30"], "stop_grace_period": "1s"}},
+    )
+    assert daemon.cli("apply", "-f", str(file)).returncode == 0
+    refused = daemon.cli("job", "run", f"{namespace}/solo")
+    assert refused.returncode == 5 and "Forbid" in refused.stderr
+    run_id = str(daemon.json("run", "list", "-n", namespace)["runs"][0]["id"])
+    assert daemon.cli("run", "cancel", run_id).returncode == 0
+    assert daemon.cli("run", "wait", run_id).returncode == 130
