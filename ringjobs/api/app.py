@@ -278,12 +278,13 @@ async def list_runs(request: web.Request) -> web.Response:
         limit=_int_param(query.get("limit"), "limit", 50, 1, 1000),
         before=_int_param(query.get("before"), "before", None, 1, None),
     )
-    return _json({"runs": [r.to_api() for r in runs]})
+    return _json({"runs": [_run_view(engine, r) for r in runs]})
 
 
 async def get_run(request: web.Request) -> web.Response:
-    run = await _require_run(_engine(request), request.match_info["id"])
-    return _json(run.to_api())
+    engine = _engine(request)
+    run = await _require_run(engine, request.match_info["id"])
+    return _json(_run_view(engine, run))
 
 
 async def wait_run(request: web.Request) -> web.Response:
@@ -373,6 +374,13 @@ async def run_events(request: web.Request) -> web.StreamResponse:
         await engine.notifier.wait(token, _FOLLOW_POLL)
     await response.write_eof()
     return response
+
+
+def _run_view(engine: Engine, run: Run) -> dict[str, Any]:
+    """A run as the API shows it; pending runs also say where they are in the queue."""
+    view = run.to_api()
+    view["queue_position"] = engine.queue_position(run.id)
+    return view
 
 
 async def _require_run(engine: Engine, raw_id: str) -> Run:

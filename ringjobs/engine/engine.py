@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -31,6 +32,9 @@ if TYPE_CHECKING:
     from ringjobs.manifest import LoadedManifests
 
 log = structlog.get_logger(__name__)
+
+# Policies whose new run waits until the job's executing run is over.
+_WAITS_FOR_ACTIVE = frozenset({"Queue", "Replace"})
 
 
 @dataclass(frozen=True)
@@ -62,7 +66,10 @@ class Engine:
             on_flush=self.notifier.notify,
         )
         self.ctx = EngineContext(store, runtime, config, self.sink, self.notifier)
-        self._queue: asyncio.Queue[int] = asyncio.Queue()
+        self._pending: deque[int] = deque()
+        self._wakeup = asyncio.Event()
+        self._job_of: dict[int, tuple[str, str]] = {}
+        self._executing: Counter[str] = Counter()
         self._slots = asyncio.Semaphore(config.max_concurrent_runs)
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self._background: list[asyncio.Task[None]] = []
@@ -96,7 +103,7 @@ class Engine:
         """Until no run is queued or executing (tests and burst mode)."""
         while True:
             self._changed.clear()  # clear before checking, so no change is missed
-            if not self._tasks and self._queue.empty():
+            if not self._tasks and not self._pending:
                 return
             await self._changed.wait()
 
@@ -104,9 +111,12 @@ class Engine:
     def active_count(self) -> int:
         return len(self._tasks)
 
+    def is_executing(self, run_id: int) -> bool:
+        return run_id in self._tasks
+
     @property
     def queued_count(self) -> int:
-        return self._queue.qsize()
+        return len(self._pending)
 
     async def refresh_engine_status(self) -> bool:
         """Ask the runtime now (health, /metrics) instead of trusting the last event."""
@@ -119,21 +129,53 @@ class Engine:
     # -- queue -----------------------------------------------------------------------
 
     def enqueue(self, run_id: int) -> None:
-        self._queue.put_nowait(run_id)
+        if run_id not in self._pending:
+            self._pending.append(run_id)
+        self._wakeup.set()
+
+    def queue_position(self, run_id: int) -> int | None:
+        """1-based place of a pending run in the FIFO queue, None if not queued."""
+        try:
+            return self._pending.index(run_id) + 1
+        except ValueError:
+            return None
 
     async def _supervise(self) -> None:
         while True:
-            run_id = await self._queue.get()
             await self._slots.acquire()
+            run_id = await self._next_startable()
             run = await self.store.get_run(run_id)
             if run is None or run.status != RunStatus.PENDING:
                 self._slots.release()
             else:
                 executor = RunExecutor(self.ctx, run)
-                self._spawn(run_id, executor.execute(), executor)
+                self._spawn(run, executor.execute(), executor)
             self._changed.set()
 
-    def _spawn(self, run_id: int, work: Awaitable[None], executor: RunExecutor) -> None:
+    async def _next_startable(self) -> int:
+        """The oldest queued run not held back by its job's Queue or Replace policy."""
+        while True:
+            self._wakeup.clear()
+            for run_id in list(self._pending):
+                key, policy = await self._queued_job(run_id)
+                if policy in _WAITS_FOR_ACTIVE and self._executing[key]:
+                    continue  # its job already has a run executing: keep its place
+                self._pending.remove(run_id)
+                self._job_of.pop(run_id, None)
+                return run_id
+            await self._wakeup.wait()
+
+    async def _queued_job(self, run_id: int) -> tuple[str, str]:
+        if run_id not in self._job_of:
+            run = await self.store.get_run(run_id)
+            spec = run.spec if run else None
+            self._job_of[run_id] = (spec.key, spec.concurrency_policy) if spec else ("", "")
+        return self._job_of[run_id]
+
+    def _spawn(self, run: Run, work: Awaitable[None], executor: RunExecutor) -> None:
+        run_id, key = run.id, run.spec.key
+        self._executing[key] += 1
+
         async def guarded() -> None:
             try:
                 await work
@@ -146,11 +188,13 @@ class Engine:
             except Exception:
                 log.exception("run_crashed", run_id=run_id)
             finally:
+                self._executing[key] -= 1
                 self._tasks.pop(run_id, None)
                 self.ctx.stop_requests.pop(run_id, None)
                 self._slots.release()
                 self.notifier.notify(run_id)
                 self._changed.set()
+                self._wakeup.set()
 
         self._tasks[run_id] = asyncio.create_task(guarded(), name=f"run-{run_id}")
 
@@ -179,7 +223,17 @@ class Engine:
         for outcome in outcomes:
             if outcome.run_id is not None:
                 self.enqueue(outcome.run_id)
+                await self._replace_others(outcome.spec, outcome.run_id)
         return outcomes
+
+    async def _replace_others(self, spec: JobSpec, run_id: int) -> None:
+        """Replace: cancel the job's other active runs; the new one waits for them to end."""
+        if spec.concurrency_policy != "Replace":
+            return
+        for other in await self.store.active_run_ids(spec.namespace, spec.name):
+            if other != run_id:
+                with contextlib.suppress(Conflict):
+                    await self.cancel(other, None, why=f"run {run_id} (concurrency_policy Replace)")
 
     async def start_job_run(
         self,
@@ -217,6 +271,7 @@ class Engine:
             )
         run_id = await self.store.create_run(spec, revision, trigger, caller_uid)
         self.enqueue(run_id)
+        await self._replace_others(spec, run_id)
         return await self._run(run_id)
 
     async def delete_job(self, namespace: str, name: str) -> None:
@@ -344,7 +399,7 @@ class Engine:
         elif container is not None:
             await self._slots.acquire()
             executor = RunExecutor(self.ctx, run)
-            self._spawn(run.id, executor.resume(container), executor)
+            self._spawn(run, executor.resume(container), executor)
         elif run.container_id is None:
             await self._requeue(run, "no container was created before the restart")
         else:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import subprocess
 import time
@@ -70,9 +71,8 @@ class Harness:
             token = self.engine.notifier.token(run_id)
             run = await self.store.get_run(run_id)
             assert run is not None
-            if run.status.is_terminal:
-                await self.engine.wait_idle()
-                return run
+            if run.status.is_terminal and not self.engine.is_executing(run_id):
+                return run  # its task is over: container removed, events written
             await self.engine.notifier.wait(token, 0.5)
         raise AssertionError(f"run {run_id} did not finish within {within}s")
 
@@ -493,3 +493,45 @@ async def test_cancel_during_backoff_ends_the_retries(namespace: str, tmp_path: 
     finally:
         await h.stop()
     assert (run.status, run.attempt, run.exit_code) == (RunStatus.CANCELLED, 1, 1)
+
+
+async def test_queue_policy_runs_one_at_a_time_and_positions_are_shown(
+    namespace: str, tmp_path: Path
+) -> None:
+    h = Harness(make_config(tmp_path, max_concurrent_runs=4), namespace)
+    await h.start()
+    try:
+        spec = h.spec("serial", ["sleep", "1"], concurrency_policy="Queue")
+        first, second, third = [await h.submit(spec) for _ in range(3)]
+        await running_container(h, first)
+        assert h.engine.queue_position(second) == 1 and h.engine.queue_position(third) == 2
+        runs = [await h.finished(i) for i in (first, second, third)]
+    finally:
+        await h.stop()
+    assert all(r.status == RunStatus.COMPLETED for r in runs)
+    for earlier, later in itertools.pairwise(runs):
+        assert earlier.finished_at and later.started_at
+        assert later.started_at >= earlier.finished_at  # never two at once
+
+
+async def test_replace_policy_cancels_the_active_run_then_starts(
+    namespace: str, tmp_path: Path
+) -> None:
+    h = Harness(make_config(tmp_path), namespace)
+    await h.start()
+    try:
+        spec = h.spec(
+            "fresh", ["sleep", "60"], concurrency_policy="Replace", stop_grace_period_seconds=1.0
+        )
+        old = await h.submit(spec)
+        await running_container(h, old)
+        new = await h.engine.rerun(old, None)
+        replaced = await h.finished(old)
+        new_container = await running_container(h, new.id)
+        await h.engine.cancel(new.id, None)
+        latest = await h.finished(new.id)
+    finally:
+        await h.stop()
+    assert (replaced.status, latest.trigger) == (RunStatus.CANCELLED, "rerun")
+    assert replaced.finished_at and latest.started_at
+    assert latest.started_at >= replaced.finished_at and new_container
