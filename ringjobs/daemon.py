@@ -31,7 +31,9 @@ from ringjobs.store import Store
 
 log = structlog.get_logger(__name__)
 
-_SHUTDOWN_TIMEOUT = 5.0
+# In-flight requests get this long on SIGTERM; waits and follows are long-lived by design
+# and their clients reconnect, so a short grace keeps stops quick.
+_SHUTDOWN_TIMEOUT = 1.0
 
 
 class SocketLock:

@@ -550,3 +550,25 @@ def test_forbid_refuses_a_second_run_with_exit_five(
     run_id = str(daemon.json("run", "list", "-n", namespace)["runs"][0]["id"])
     assert daemon.cli("run", "cancel", run_id).returncode == 0
     assert daemon.cli("run", "wait", run_id).returncode == 130
+
+
+def test_wait_survives_a_daemon_restart(daemon: Daemon, namespace: str, tmp_path: Path) -> None:
+    file = manifest(
+        tmp_path / "m.json", namespace, {"patient": {"command": ["sh", "-c", "sleep 4; exit 6"]}}
+    )
+    assert daemon.cli("apply", "-f", str(file)).returncode == 0
+    run_id = str(daemon.json("run", "list", "-n", namespace)["runs"][0]["id"])
+    env = {**os.environ, "RINGJOBS_SOCKET": str(daemon.socket)}
+    waiter = subprocess.Popen(
+        [RINGJOBS, "run", "wait", run_id],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(0.5)  # let the waiter connect before the daemon goes away
+    assert daemon.stop() == 0
+    daemon.start()
+    _out, err = waiter.communicate(timeout=90)
+    assert waiter.returncode == 6, err
+    assert "reconnecting" in err  # it noticed the restart and kept waiting
