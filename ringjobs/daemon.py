@@ -37,7 +37,7 @@ _SHUTDOWN_TIMEOUT = 1.0
 
 
 class SocketLock:
-    """An flock next to the socket: held for the daemon's life, so one daemon a socket."""
+    """An flock next to a file (the socket, the database), held for the daemon's life."""
 
     def __init__(self, socket_path: Path) -> None:
         self.path = socket_path.with_name(socket_path.name + ".lock")
@@ -53,8 +53,9 @@ class SocketLock:
             owner = handle.read().strip() or "unknown"
             handle.close()
             raise DaemonAlreadyRunning(
-                f"a ringjobs daemon is already running (pid {owner}) for the socket in "
-                f"{self.path.parent}; stop it first, or give this one another --socket"
+                f"a ringjobs daemon is already running (pid {owner}) with "
+                f"{self.path.with_suffix('')}; stop it first, or give this one another "
+                "--socket and --database"
             ) from None
         handle.seek(0)
         handle.truncate()
@@ -84,6 +85,7 @@ class Daemon:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.lock = SocketLock(config.socket)
+        self.database_lock = SocketLock(config.database)  # two daemons, one history: never
         self.store = Store(config.database)
         self.runtime: DockerRuntime | None = None
         self.engine: Engine | None = None
@@ -99,6 +101,7 @@ class Daemon:
 
     async def startup(self) -> None:
         self.lock.acquire()
+        self.database_lock.acquire()
         self._claim_socket_path()
         await self.store.open()
         self.runtime = DockerRuntime(self.config.docker_host, self.config.max_concurrent_runs)
@@ -145,19 +148,26 @@ class Daemon:
             loop.add_signal_handler(sig, self.stopping.set)
 
     async def shutdown(self) -> None:
+        """Each step runs even if an earlier one failed: state first, then the socket."""
         log.info("daemon_stopping")
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
-        if self.runner is not None:
-            await self.runner.cleanup()  # stop accepting; streaming requests get cut off
-        if self.engine is not None:
-            await self.engine.stop()
-        await self.store.close()
-        if self.runtime is not None:
-            await self.runtime.close()
+        steps = [
+            self.runner.cleanup if self.runner else None,  # stop accepting requests
+            self.engine.stop if self.engine else None,  # stop starting runs, flush logs
+            self.store.close,
+            self.runtime.close if self.runtime else None,
+        ]
+        for step in steps:
+            if step is not None:
+                try:
+                    await step()
+                except Exception:
+                    log.exception("shutdown_step_failed", step=getattr(step, "__qualname__", ""))
         with contextlib.suppress(FileNotFoundError):
             self.config.socket.unlink()
+        self.database_lock.release()
         self.lock.release()
         log.info("daemon_stopped")
 

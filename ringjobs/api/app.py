@@ -25,6 +25,8 @@ from ringjobs.store.store import ApplyOutcome
 from ringjobs.units import UnitError, parse_duration
 
 MAX_BODY_BYTES = 8 * 1024 * 1024
+_MAX_ID_DIGITS = 18  # fits SQLite's 64-bit integers
+_MAX_INT = 2**63 - 1
 _WAIT_DEFAULT, _WAIT_MAX = 30.0, 300.0
 _FOLLOW_POLL = 1.0
 _PAGE = 1000
@@ -124,10 +126,10 @@ async def apply(request: web.Request) -> web.Response:
         sources,
         engine.config.policy,
         engine.config.defaults,
-        skip_workers=bool(body.get("skip_workers", False)),
+        skip_workers=_flag_field(body, "skip_workers"),
     )
     namespaces = [{"name": ns.name, "action": "applied"} for ns in loaded.namespaces]
-    if body.get("dry_run"):
+    if _flag_field(body, "dry_run"):
         jobs = [
             {
                 "namespace": s.namespace,
@@ -144,6 +146,7 @@ async def apply(request: web.Request) -> web.Response:
         )
     outcomes = await engine.apply(loaded, peer_uid(request))
     warnings = list(loaded.warnings) + [w for o in outcomes if (w := _not_started_warning(o))]
+    warnings += [w for o in outcomes for w in _inactive_field_warnings(o)]
     jobs = [_outcome_view(o) for o in outcomes]
     return _json({"dry_run": False, "jobs": jobs, "namespaces": namespaces, "warnings": warnings})
 
@@ -157,6 +160,16 @@ def _outcome_view(outcome: ApplyOutcome) -> dict[str, Any]:
         "run_id": outcome.run_id,
         "spec": outcome.spec.model_dump(mode="json"),
     }
+
+
+def _inactive_field_warnings(outcome: ApplyOutcome) -> list[str]:
+    """Fields this version stores but does not act on yet must not fail silently."""
+    spec, found = outcome.spec, []
+    if spec.schedule:
+        found.append(f"schedule {spec.schedule!r} is stored but schedules do not fire yet")
+    if spec.parallelism > 1 or spec.completions > 1:
+        found.append("parallelism/completions are stored but each run has one container")
+    return [f"job {spec.key}: {text}" for text in found] if outcome.action != "unchanged" else []
 
 
 def _not_started_warning(outcome: ApplyOutcome) -> str | None:
@@ -330,7 +343,7 @@ async def run_logs(request: web.Request) -> web.StreamResponse:
     if stream not in (None, "stdout", "stderr"):
         raise BadRequest(f"stream must be stdout or stderr, not {stream!r}")
     since_us = _since_param(query.get("since"))
-    tail = _int_param(query.get("tail"), "tail", None, 0, None)
+    tail = _int_param(query.get("tail"), "tail", None, 0, 1_000_000)
     response = await _ndjson(request)
     after = 0
     if tail is not None:
@@ -384,8 +397,8 @@ def _run_view(engine: Engine, run: Run) -> dict[str, Any]:
 
 
 async def _require_run(engine: Engine, raw_id: str) -> Run:
-    if not raw_id.isdigit():
-        raise BadRequest(f"run id must be a number, not {raw_id!r}")
+    if not (raw_id.isascii() and raw_id.isdigit() and len(raw_id) <= _MAX_ID_DIGITS):
+        raise BadRequest(f"run id must be a whole number, not {raw_id!r}")
     run = await engine.store.get_run(int(raw_id))
     if run is None:
         raise NotFound(f"run {raw_id} does not exist (pruned, or never created)")
@@ -409,7 +422,7 @@ async def prune_namespace(request: web.Request) -> web.Response:
     body = await _body(request, required=False)
     older_than = _older_than(body.get("older_than"))
     result = await engine.prune(
-        namespace, bool(body.get("all")), bool(body.get("dry_run")), older_than
+        namespace, _flag_field(body, "all"), _flag_field(body, "dry_run"), older_than
     )
     return _json(
         {
@@ -432,7 +445,7 @@ def _older_than(raw: object) -> datetime | None:
         raise BadRequest('older_than must be a duration string such as "30d" or "12h"')
     try:
         return utcnow() - timedelta(seconds=parse_duration(raw))
-    except UnitError as exc:
+    except (UnitError, OverflowError, ValueError) as exc:
         raise BadRequest(f"older_than: {exc}") from None
 
 
@@ -452,8 +465,8 @@ async def _body(request: web.Request, required: bool = True) -> dict[str, Any]:
         return {}
     try:
         body = await request.json()
-    except json.JSONDecodeError as exc:
-        raise BadRequest(f"the body is not valid JSON: {exc}") from exc
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BadRequest(f"the body is not valid UTF-8 JSON: {exc}") from exc
     if not isinstance(body, dict):
         raise BadRequest("the body must be a JSON object")
     return body
@@ -466,7 +479,8 @@ def _int_param(raw: str | None, name: str, default: int | None, low: int, high: 
         value = int(raw)
     except ValueError:
         raise BadRequest(f"{name} must be a whole number, not {raw!r}") from None
-    if value < low or (high is not None and value > high):
+    high = _MAX_INT if high is None else high
+    if value < low or value > high:
         bounds = f"between {low} and {high}" if high is not None else f"at least {low}"
         raise BadRequest(f"{name} must be {bounds}, not {value}")
     return value
@@ -477,14 +491,22 @@ def _since_param(raw: str | None) -> int:
         return 0
     try:
         when = utcnow() - timedelta(seconds=parse_duration(raw))
-    except UnitError:
+    except (UnitError, OverflowError, ValueError):
         try:
             when = parse_time(raw)
-        except ValueError:
+        except (ValueError, OverflowError):
             raise BadRequest(
                 f"since must be a duration (10m, 1h) or an RFC 3339 time, not {raw!r}"
             ) from None
     return int(when.timestamp() * 1_000_000)
+
+
+def _flag_field(body: dict[str, Any], key: str) -> bool:
+    """A JSON boolean; "false" as a string must never mean true."""
+    value = body.get(key, False)
+    if not isinstance(value, bool):
+        raise BadRequest(f"{key} must be true or false (a JSON boolean), not {value!r}")
+    return value
 
 
 def _flag(raw: str | None) -> bool:

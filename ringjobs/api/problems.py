@@ -68,7 +68,10 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        return problem(exc.status, exc.text or exc.reason, _code(exc.status))
+        answer = problem(exc.status, exc.text or exc.reason, _code(exc.status))
+        if "Allow" in exc.headers:  # 405 says which methods exist
+            answer.headers["Allow"] = exc.headers["Allow"]
+        return answer
     except Exception:
         log.exception("request_failed", path=request.path, method=request.method)
         return problem(500, "internal error; the daemon's log has the details", "internal")

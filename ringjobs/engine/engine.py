@@ -35,6 +35,7 @@ log = structlog.get_logger(__name__)
 
 # Policies whose new run waits until the job's executing run is over.
 _WAITS_FOR_ACTIVE = frozenset({"Queue", "Replace"})
+_ENGINE_POLL = 2.0  # seconds between checks of an engine that does not answer
 
 
 @dataclass(frozen=True)
@@ -70,7 +71,8 @@ class Engine:
         self._wakeup = asyncio.Event()
         self._job_of: dict[int, tuple[str, str]] = {}
         self._executing: Counter[str] = Counter()
-        self._slots = asyncio.Semaphore(config.max_concurrent_runs)
+        self._ready = asyncio.Event()
+        self._reattacher: asyncio.Task[None] | None = None
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self._background: list[asyncio.Task[None]] = []
         self._changed = asyncio.Event()
@@ -83,6 +85,8 @@ class Engine:
         self.sink.start()
         try:
             await self.reconcile()
+            self.engine_ok = True
+            self._ready.set()
         except EngineUnavailable as exc:
             # Without the engine we cannot tell running from lost: decide once it answers.
             log.warning("reconcile_deferred", error=str(exc))
@@ -141,29 +145,42 @@ class Engine:
             return None
 
     async def _supervise(self) -> None:
+        await self._ready.wait()  # never start runs before unfinished ones are reconciled
         while True:
-            await self._slots.acquire()
-            run_id = await self._next_startable()
+            try:
+                await self._start_next()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("supervisor_error")  # e.g. a store hiccup: try again shortly
+                await asyncio.sleep(1.0)
+
+    async def _start_next(self) -> None:
+        run_id = await self._next_startable()
+        try:
             run = await self.store.get_run(run_id)
-            if run is None or run.status != RunStatus.PENDING:
-                self._slots.release()
-            else:
-                executor = RunExecutor(self.ctx, run)
-                self._spawn(run, executor.execute(), executor)
-            self._changed.set()
+        except BaseException:
+            self._pending.appendleft(run_id)  # keep its place for the next try
+            raise
+        if run is not None and run.status == RunStatus.PENDING:
+            executor = RunExecutor(self.ctx, run)
+            self._spawn(run, executor.execute(), executor)
+        self._changed.set()
 
     async def _next_startable(self) -> int:
-        """The oldest queued run not held back by its job's Queue or Replace policy."""
+        """The oldest queued run not held back by capacity, the engine, or its job's policy."""
         while True:
             self._wakeup.clear()
-            for run_id in list(self._pending):
-                key, policy = await self._queued_job(run_id)
-                if policy in _WAITS_FOR_ACTIVE and self._executing[key]:
-                    continue  # its job already has a run executing: keep its place
-                self._pending.remove(run_id)
-                self._job_of.pop(run_id, None)
-                return run_id
-            await self._wakeup.wait()
+            if len(self._tasks) < self.config.max_concurrent_runs and self.engine_ok:
+                for run_id in list(self._pending):
+                    key, policy = await self._queued_job(run_id)
+                    if policy in _WAITS_FOR_ACTIVE and self._executing[key]:
+                        continue  # its job already has a run executing: keep its place
+                    self._pending.remove(run_id)
+                    self._job_of.pop(run_id, None)
+                    return run_id
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), _ENGINE_POLL)
 
     async def _queued_job(self, run_id: int) -> tuple[str, str]:
         if run_id not in self._job_of:
@@ -183,6 +200,8 @@ class Engine:
                     asyncio.get_running_loop().call_later(
                         executor.retry_after, self.enqueue, run_id
                     )
+                if executor.engine_lost:
+                    self._reattach_later()
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -191,28 +210,53 @@ class Engine:
                 self._executing[key] -= 1
                 self._tasks.pop(run_id, None)
                 self.ctx.stop_requests.pop(run_id, None)
-                self._slots.release()
                 self.notifier.notify(run_id)
                 self._changed.set()
                 self._wakeup.set()
 
         self._tasks[run_id] = asyncio.create_task(guarded(), name=f"run-{run_id}")
 
+    def _reattach_later(self) -> None:
+        """Re-adopt runs whose engine went away, once it answers (one waiter at a time)."""
+        self._reconciled = False
+        if self._reattacher is None or self._reattacher.done():
+            self._reattacher = asyncio.create_task(self._reconcile_when_back(), name="reattach")
+            self._background.append(self._reattacher)
+
+    async def _reconcile_when_back(self) -> None:
+        while not self._reconciled:
+            await asyncio.sleep(_ENGINE_POLL)
+            try:
+                self.engine_ok = bool(await self.runtime.version())
+                await self.reconcile()
+                self._reconciled = True
+                self._ready.set()
+            except Exception as exc:
+                self.engine_ok = False
+                log.warning("reattach_pending", error=str(exc))
+
     async def _watch_events(self) -> None:
-        """OOM events complement State.OOMKilled; a failing stream only degrades health."""
+        """OOM events complement State.OOMKilled; also re-reconciles after engine outages."""
         while True:
             try:
                 self.engine_ok = bool(await self.runtime.version())
                 if not self._reconciled:
                     await self.reconcile()
                     self._reconciled = True
+                    self._ready.set()
                 async for event in self.runtime.events():
                     if event.action == "oom":
                         self.ctx.oom_seen.add(event.container_id)
+            except asyncio.CancelledError:
+                raise
             except EngineUnavailable as exc:
                 self.engine_ok = False
                 log.warning("engine_unavailable", error=str(exc))
-            await asyncio.sleep(2.0)
+            except Exception:
+                self.engine_ok = False
+                log.exception("events_watch_failed")
+            self._wakeup.set()
+            await asyncio.sleep(_ENGINE_POLL)
 
     # -- jobs ------------------------------------------------------------------------
 
@@ -263,13 +307,13 @@ class Engine:
     async def _start(
         self, spec: JobSpec, revision: int, trigger: Trigger, caller_uid: int | None
     ) -> Run:
-        active = await self.store.active_run_ids(spec.namespace, spec.name)
-        if active and spec.concurrency_policy == "Forbid":
-            raise Conflict(
-                f"job {spec.key} already has an active run ({active[0]}) and its "
-                "concurrency_policy is Forbid; wait for it, or set concurrency_policy: Allow"
-            )
-        run_id = await self.store.create_run(spec, revision, trigger, caller_uid)
+        run_id = await self.store.create_run(
+            spec,
+            revision,
+            trigger,
+            caller_uid,
+            refuse_if_active=spec.concurrency_policy == "Forbid",
+        )
         self.enqueue(run_id)
         await self._replace_others(spec, run_id)
         return await self._run(run_id)
@@ -337,12 +381,14 @@ class Engine:
             return PruneResult(namespace, True, ids, 0, 0, 0, len(active))
         for row in active:
             await self._cancel_for_prune(int(row["id"]))
+        ids = [i for i in ids if i not in self._tasks]  # never delete a run still executing
         containers = await self._remove_leftovers(set(ids))
         lines, events = await self.store.delete_runs(ids)
         return PruneResult(namespace, False, ids, lines, events, containers, len(active))
 
     async def _cancel_for_prune(self, run_id: int) -> None:
-        await self.cancel(run_id, None, why="namespace prune --all")
+        with contextlib.suppress(Conflict):  # it finished meanwhile: nothing to cancel
+            await self.cancel(run_id, None, why="namespace prune --all")
         task = self._tasks.get(run_id)
         if task is not None:
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -390,6 +436,8 @@ class Engine:
         return {run_id: c for c in found if (run_id := _run_label(c)) is not None}
 
     async def _reconcile_run(self, run: Run, container: ContainerState | None) -> None:
+        if run.id in self._tasks or run.id in self._pending:
+            return  # already being executed or queued by this daemon
         if run.status == RunStatus.PENDING:
             self.enqueue(run.id)
         elif container is not None and container.status == "created":
@@ -397,7 +445,7 @@ class Engine:
             await self.runtime.remove(container.id)
             await self._requeue(run, "container was created but never started")
         elif container is not None:
-            await self._slots.acquire()
+            # Adopted without waiting for a slot: it runs already, and startup must not block.
             executor = RunExecutor(self.ctx, run)
             self._spawn(run, executor.resume(container), executor)
         elif run.container_id is None:
@@ -406,6 +454,7 @@ class Engine:
             await self.store.update_run(
                 run.id,
                 ("finished", "container disappeared while the daemon was down"),
+                only_if_active=True,
                 status=RunStatus.FAILED,
                 reason="lost",
                 message=f"container {run.container_id[:12]} was removed by someone else",
@@ -413,7 +462,10 @@ class Engine:
 
     async def _requeue(self, run: Run, why: str) -> None:
         await self.store.update_run(
-            run.id, ("requeued", f"daemon restarted: {why}"), status=RunStatus.PENDING
+            run.id,
+            ("requeued", f"daemon restarted: {why}"),
+            only_if_active=True,
+            status=RunStatus.PENDING,
         )
         self.enqueue(run.id)
 

@@ -44,6 +44,11 @@ from ringjobs.store import Store
 
 log = structlog.get_logger(__name__)
 
+
+class RunAlreadyFinal(Exception):
+    """The run was finished elsewhere (cancel, prune); this executor must stop writing."""
+
+
 _DRAIN_TIMEOUT = 30.0  # after exit, how long the attach stream may take to end
 _OOM_RECHECK_DELAY = 0.5  # Docker can report OOMKilled a moment after the exit
 
@@ -80,6 +85,8 @@ class RunExecutor:
         self.container_id: str | None = run.container_id
         self.attempt = max(run.attempt, 1)
         self.retry_after: float | None = None  # set when a failed attempt will be retried
+        self.engine_lost = False  # the engine went away under a live container
+        self._pump_task: asyncio.Task[None] | None = None
 
     async def execute(self) -> None:
         """A pending run: its next attempt, followed to the end."""
@@ -94,14 +101,39 @@ class RunExecutor:
 
     async def _guard(self, work: Awaitable[None]) -> None:
         try:
+            await self._guarded(work)
+        finally:
+            pump = self._pump_task
+            if pump is not None and not pump.done():  # ended abnormally: stop reading
+                pump.cancel()
+                with contextlib.suppress(BaseException):
+                    await pump
+
+    async def _guarded(self, work: Awaitable[None]) -> None:
+        try:
             await work
+        except RunAlreadyFinal:
+            log.info("run_already_final", run_id=self.run.id)  # finished by someone else
+        except EngineUnavailable as exc:
+            await self._engine_gone(exc)
         except tuple(cls for cls, _ in _FAILURES) as exc:
             reason = next(r for cls, r in _FAILURES if isinstance(exc, cls))
             await self._fail(reason, str(exc))
         except Exception as exc:
             # A bug or an unexpected engine answer: never leave the run unfinished.
             log.exception("run_crashed", run_id=self.run.id)
-            await self._fail(FailureReason.ENGINE_ERROR, f"internal error: {exc!r}")
+            with contextlib.suppress(RunAlreadyFinal):
+                await self._fail(FailureReason.ENGINE_ERROR, f"internal error: {exc!r}")
+
+    async def _engine_gone(self, exc: EngineUnavailable) -> None:
+        """Losing Docker is not the job failing: a created container is reattached later."""
+        if self.container_id is None or self.run.status.is_terminal:
+            await self._fail(FailureReason.ENGINE_ERROR, str(exc))
+            return
+        self.engine_lost = True
+        await self.ctx.store.add_event(
+            self.run.id, "engine_lost", f"{exc}; the run is reattached when the engine answers"
+        )
 
     # -- fresh run ---------------------------------------------------------------
 
@@ -141,7 +173,7 @@ class RunExecutor:
         if self.attempt > 1:
             await writer.add_line("system", f"[ringjobs] attempt {self.attempt}".encode())
         stream = await self.ctx.runtime.attach(self.container_id)
-        pump = asyncio.create_task(self._pump(stream, writer))
+        pump = self._pump_task = asyncio.create_task(self._pump(stream, writer))
         await self._start(pump)
         await self._transition(
             ("container_started", "container started"),
@@ -188,6 +220,9 @@ class RunExecutor:
         await self.ctx.store.add_event(
             self.run.id, "reattached", f"daemon restarted; container {container.status}"
         )
+        if container.running and self.run.stop_intent is not None:
+            # The intent was saved but the daemon died before the signal: send it now.
+            await self.ctx.runtime.stop(self.container_id, self.run.spec.stop_grace_period_seconds)
         if container.running:
             if self.run.status != RunStatus.RUNNING:
                 await self._transition(
@@ -358,8 +393,12 @@ class RunExecutor:
             await self.ctx.store.add_event(
                 self.run.id, "container_removed", f"container {self.container_id[:12]} removed"
             )
-        except EngineUnavailable as exc:
+        except Exception as exc:  # the run's status is final: a failed removal is a warning
             log.warning("container_remove_failed", run_id=self.run.id, error=str(exc))
+            with contextlib.suppress(Exception):
+                await self.ctx.store.add_event(
+                    self.run.id, "warning", f"container not removed: {exc}"
+                )
 
     async def _fail(self, reason: FailureReason, message: str) -> None:
         log.info("run_failed", run_id=self.run.id, reason=str(reason), message=message)
@@ -371,7 +410,11 @@ class RunExecutor:
     async def _transition(
         self, event: tuple[str, str], data: dict[str, object] | None = None, **fields: object
     ) -> None:
-        await self.ctx.store.update_run(self.run.id, event, data, **fields)
+        written = await self.ctx.store.update_run(
+            self.run.id, event, data, only_if_active=True, **fields
+        )
+        if not written:
+            raise RunAlreadyFinal(self.run.id)
         self.run = self.run.model_copy(update={k: v for k, v in fields.items()})
         self.ctx.notifier.notify(self.run.id)
         if self.run.status.is_terminal and "status" in fields:

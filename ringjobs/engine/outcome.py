@@ -20,6 +20,12 @@ def classify_exit(exit_code: int, oom_killed: bool, stop_intent: StopIntent | No
     OOM is only ever taken from Docker's flag or event, never guessed from 137; an OOM
     kill of a child that the main process survived (exit 0) is a success.
     """
+    if exit_code < 0:
+        return Outcome(
+            RunStatus.FAILED,
+            FailureReason.ENGINE_ERROR,
+            "the engine reported no exit code for the container",
+        )
     if stop_intent is StopIntent.CANCEL:
         return Outcome(RunStatus.CANCELLED, None, f"cancelled; the container exited {exit_code}")
     if stop_intent is StopIntent.DEADLINE:

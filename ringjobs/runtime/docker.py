@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import functools
 import math
+import socket
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -20,6 +21,7 @@ from typing import Any, TypeVar
 import docker
 import docker.errors
 import requests.exceptions
+import urllib3.exceptions
 from docker.types import LogConfig, Mount
 from docker.utils.socket import frames_iter
 
@@ -43,6 +45,9 @@ _QUEUE_CHUNKS = 64  # bounded: a slow database slows the container's output, nev
 _EVENT_ACTIONS = ["die", "oom", "kill", "destroy"]
 _PULL_TIMEOUT = 600.0
 _FALLBACK_API_VERSION = "1.41"
+_PUMP_EXIT_TIMEOUT = 2.0  # a reader thread gets this long to notice its socket closed
+# An engine that went away mid-answer, as opposed to one that answered with an error.
+_BROKEN_CONNECTION = (requests.exceptions.RequestException, urllib3.exceptions.HTTPError)
 
 
 def _client(base_url: str | None, **kwargs: Any) -> docker.DockerClient:
@@ -73,7 +78,9 @@ class DockerRuntime:
         loop = asyncio.get_running_loop()
         try:
             return await loop.run_in_executor(self._pool, functools.partial(fn, *args, **kwargs))
-        except requests.exceptions.ConnectionError as exc:
+        except docker.errors.APIError:
+            raise  # an answer from the engine, for the caller to judge
+        except _BROKEN_CONNECTION as exc:
             raise EngineUnavailable(
                 f"cannot reach the Docker engine ({exc.__class__.__name__}); "
                 "check that dockerd is running and its socket is readable"
@@ -105,7 +112,9 @@ class DockerRuntime:
         threading.Thread(target=target, daemon=True, name="docker-long").start()
         try:
             return await future
-        except requests.exceptions.ConnectionError as exc:
+        except docker.errors.APIError:
+            raise
+        except _BROKEN_CONNECTION as exc:
             raise EngineUnavailable(
                 f"lost the Docker engine ({exc.__class__.__name__}); "
                 "check that dockerd is running and its socket is readable"
@@ -216,7 +225,7 @@ class DockerRuntime:
             while not queue.empty():  # unblock the pump if it waits on a full queue
                 queue.get_nowait()
             with contextlib.suppress(Exception):
-                await asyncio.shield(future)
+                await asyncio.wait_for(asyncio.shield(future), _PUMP_EXIT_TIMEOUT)
 
     async def start(self, container_id: str) -> None:
         try:
@@ -288,6 +297,7 @@ class DockerRuntime:
     def _listen(self, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[RuntimeEvent]) -> None:
         since = time.time()
         while not self._closed.is_set():
+            stream = None
             try:
                 stream = self._client.events(
                     decode=True,
@@ -304,9 +314,12 @@ class DockerRuntime:
                     since = event.time_ns / 1e9
                     loop.call_soon_threadsafe(queue.put_nowait, event)
             except Exception:
-                pass
+                pass  # the engine went away or the loop closed: reconnect from `since`
             finally:
                 self._event_streams.clear()
+                if stream is not None:
+                    with contextlib.suppress(Exception):
+                        stream.close()
             self._closed.wait(1.0)
 
     async def close(self) -> None:
@@ -360,7 +373,13 @@ def _create_kwargs(spec: ContainerSpec) -> dict[str, Any]:
 
 
 def _close_socket(sock: Any) -> None:
-    """docker-py hands out a SocketIO wrapper; the real socket and response need closing too."""
+    """docker-py hands out a SocketIO wrapper; the real socket and response need closing too.
+
+    shutdown() first: close() alone does not wake a thread blocked in recv() on it.
+    """
+    raw = getattr(sock, "_sock", sock)
+    with contextlib.suppress(Exception):
+        raw.shutdown(socket.SHUT_RDWR)
     for part in (sock, getattr(sock, "_sock", None), getattr(sock, "_response", None)):
         if part is not None:
             with contextlib.suppress(Exception):

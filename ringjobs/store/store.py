@@ -19,7 +19,7 @@ from typing import Any
 
 import aiosqlite
 
-from ringjobs.exceptions import StoreUnavailable
+from ringjobs.exceptions import Conflict, StoreUnavailable
 from ringjobs.models import (
     JobSpec,
     NamespaceSpec,
@@ -206,12 +206,14 @@ class Store:
             raise StoreUnavailable("the database is closed (the daemon is shutting down)")
         async with self._lock:
             try:
-                await db.execute("BEGIN IMMEDIATE")
                 try:
+                    # BEGIN inside the try: a task cancelled while BEGIN runs on aiosqlite's
+                    # thread still gets its rollback queued after it (a no-op if none began).
+                    await db.execute("BEGIN IMMEDIATE")
                     yield db
                     await db.commit()  # a failed commit (disk full) must roll back too
                 except BaseException:
-                    await db.rollback()
+                    await asyncio.shield(db.rollback())
                     raise
             except sqlite3.OperationalError as exc:
                 raise StoreUnavailable(
@@ -278,9 +280,26 @@ class Store:
     # -- runs --------------------------------------------------------------------
 
     async def create_run(
-        self, spec: JobSpec, revision: int, trigger: Trigger, caller_uid: int | None
+        self,
+        spec: JobSpec,
+        revision: int,
+        trigger: Trigger,
+        caller_uid: int | None,
+        refuse_if_active: bool = False,
     ) -> int:
+        """Insert a pending run; with refuse_if_active, raise Conflict instead if the job has
+        an unfinished run. Check and insert share one transaction, so no race gets through."""
         async with self._write() as db:
+            if refuse_if_active:
+                key = {"namespace": spec.namespace, "job": spec.name}
+                async with db.execute(_q("active_runs_of_job"), key) as cur:
+                    active = [int(r[0]) for r in await cur.fetchall()]
+                if active:
+                    raise Conflict(
+                        f"job {spec.key} already has an active run ({active[0]}) and its "
+                        "concurrency_policy is Forbid; wait for it, or set "
+                        "concurrency_policy: Allow"
+                    )
             await _upsert_namespace(db, spec.namespace, None, format_time(utcnow()), False)
             return await _insert_run(db, spec, revision, trigger, caller_uid)
 
@@ -325,22 +344,31 @@ class Store:
         run_id: int,
         event: tuple[str, str] | None = None,
         data: dict[str, Any] | None = None,
+        *,
+        only_if_active: bool = False,
         **fields: Any,
-    ) -> None:
-        """Write a transition: the run's new fields and its event, atomically."""
+    ) -> bool:
+        """Write a transition: the run's new fields and its event, atomically.
+
+        With only_if_active, nothing is written unless the run is still unfinished, so a
+        late writer can never overwrite a final status. Returns whether it was written.
+        """
         unknown = set(fields) - _RUN_COLUMNS
         if unknown:
             raise ValueError(f"not run columns: {sorted(unknown)}")
         values = {k: _to_column(v) for k, v in fields.items()}
+        assignments = ", ".join(f"{k} = :{k}" for k in values) or "id = id"
+        guard = " AND status IN ('pending', 'starting', 'running')" if only_if_active else ""
         async with self._write() as db:
-            if values:
-                assignments = ", ".join(f"{k} = :{k}" for k in values)
-                await db.execute(
-                    f"UPDATE runs SET {assignments} WHERE id = :run_id",
-                    {**values, "run_id": run_id},
-                )
+            cur = await db.execute(
+                f"UPDATE runs SET {assignments} WHERE id = :run_id{guard}",
+                {**values, "run_id": run_id},
+            )
+            if cur.rowcount != 1:
+                return False
             if event is not None:
                 await _insert_event(db, run_id, event[0], event[1], data or {})
+        return True
 
     async def claim_pending(
         self,

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import itertools
 import json
 import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
@@ -34,11 +36,11 @@ def make_config(tmp: Path, **overrides: Any) -> Config:
 class Harness:
     """An engine with a real store and the real Docker runtime."""
 
-    def __init__(self, config: Config, namespace: str) -> None:
+    def __init__(self, config: Config, namespace: str, docker_url: str | None = None) -> None:
         self.config = config
         self.namespace = namespace
         self.store = Store(config.database)
-        self.runtime = DockerRuntime(None, config.max_concurrent_runs)
+        self.runtime = DockerRuntime(docker_url, config.max_concurrent_runs)
         self.engine = Engine(self.store, self.runtime, config)
 
     async def start(self) -> None:
@@ -535,3 +537,48 @@ async def test_replace_policy_cancels_the_active_run_then_starts(
     assert (replaced.status, latest.trigger) == (RunStatus.CANCELLED, "rerun")
     assert replaced.finished_at and latest.started_at
     assert latest.started_at >= replaced.finished_at and new_container
+
+
+def _start_proxy(path: Path) -> subprocess.Popen[bytes]:
+    script = Path(__file__).with_name("docker_proxy.py")
+    proxy = subprocess.Popen([sys.executable, str(script), str(path)])
+    deadline = time.monotonic() + 10
+    while not path.exists():
+        assert time.monotonic() < deadline and proxy.poll() is None, "proxy did not start"
+        time.sleep(0.02)
+    return proxy
+
+
+# docker-py's unix transport does not close its socket when connect() fails (every call
+# while the engine is away), so the garbage collector closes them with a ResourceWarning.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+@pytest.mark.filterwarnings("ignore::ResourceWarning")
+async def test_engine_outage_mid_run_reattaches_and_loses_no_line(
+    namespace: str, short_tmp: Path, tmp_path: Path
+) -> None:
+    sock = short_tmp / "docker.sock"
+    proxy = _start_proxy(sock)
+    h = Harness(make_config(tmp_path), namespace, docker_url=f"unix://{sock}")
+    await h.start()
+    try:
+        script = "for i in 1 2 3 4 5 6; do echo $i; sleep 0.5; done; exit 5"
+        run_id = await h.submit(h.spec("outage", ["sh", "-c", script]))
+        await running_container(h, run_id)
+        proxy.kill()  # the engine "goes away"; the container keeps running behind it
+        proxy.wait()
+        await asyncio.sleep(1.0)
+        during = await h.store.get_run(run_id)
+        proxy = _start_proxy(sock)  # and comes back
+        run = await h.finished(run_id, within=60)
+        lines = await h.lines(run_id)
+        types = await h.event_types(run_id)
+    finally:
+        await h.stop()
+        proxy.kill()
+        proxy.wait()
+        gc.collect()  # let docker-py's unclosed sockets be collected under this test's filter
+    assert during is not None and not during.status.is_terminal  # an outage is not a failure
+    assert (run.status, run.reason, run.exit_code) == (RunStatus.FAILED, "exit_code", 5)
+    assert lines == ["1", "2", "3", "4", "5", "6"]
+    assert "engine_lost" in types and "reattached" in types
+    assert containers_of(namespace) == []

@@ -13,6 +13,7 @@ SIGNAL = (RunStatus.FAILED, FailureReason.SIGNAL)
 OOM = (RunStatus.FAILED, FailureReason.OOM_KILLED)
 DEADLINE = (RunStatus.FAILED, FailureReason.DEADLINE_EXCEEDED)
 CANCELLED = (RunStatus.CANCELLED, None)
+ENGINE_ERROR = (RunStatus.FAILED, FailureReason.ENGINE_ERROR)
 
 
 @pytest.mark.parametrize(
@@ -23,7 +24,7 @@ CANCELLED = (RunStatus.CANCELLED, None)
         (1, False, None, EXIT_CODE),
         (3, False, None, EXIT_CODE),
         (127, False, None, EXIT_CODE),
-        (-1, False, None, EXIT_CODE),
+        (-1, False, None, ENGINE_ERROR),  # the engine gave no exit code: not the job's
         # >= 128 and not caused by us: a signal, never a guessed OOM.
         (128, False, None, SIGNAL),
         (130, False, None, SIGNAL),
