@@ -23,7 +23,7 @@ from ringjobs.engine.containers import (
     network_name,
     resolve_environment,
 )
-from ringjobs.engine.lines import split_all
+from ringjobs.engine.lines import split_all, unseen_lines
 from ringjobs.engine.logsink import LogSink, RunLog
 from ringjobs.engine.metrics import EngineMetrics
 from ringjobs.engine.notify import Notifier
@@ -49,7 +49,12 @@ class RunAlreadyFinal(Exception):
     """The run was finished elsewhere (cancel, prune); this executor must stop writing."""
 
 
-_DRAIN_TIMEOUT = 30.0  # after exit, how long the attach stream may take to end
+_DRAIN_TIMEOUT = 30.0
+_ANCHOR_LINES = 5  # stored lines looked for in Docker's log when counting cannot be trusted
+_ROTATION_GAP = (
+    "[ringjobs] some {stream} lines written while the daemon was down are lost: Docker's "
+    "log had rotated past them (raise logs.docker_max_size to keep more)"
+)  # after exit, how long the attach stream may take to end
 _OOM_RECHECK_DELAY = 0.5  # Docker can report OOMKilled a moment after the exit
 
 
@@ -242,11 +247,19 @@ class RunExecutor:
         writer = await self.ctx.sink.open(self.run.id, self.attempt)
         for stream in ("stdout", "stderr"):
             data = await self.ctx.runtime.output(self.container_id, stream)
-            lines = split_all(data, self.ctx.sink.max_line_bytes)
+            retained = split_all(data, self.ctx.sink.max_line_bytes)
             stored = await self.ctx.store.count_log_lines(self.run.id, self.attempt, stream)
-            for line in lines[stored:]:
+            tail = await self._stored_tail(stream)
+            lines, gap = unseen_lines(retained, stored, tail)
+            if gap:
+                await writer.add_line("system", _ROTATION_GAP.format(stream=stream).encode())
+            for line in lines:
                 await writer.add_line(stream, line)
         await self.ctx.sink.flush()
+
+    async def _stored_tail(self, stream: str) -> list[str]:
+        records = await self.ctx.store.tail_logs(self.run.id, _ANCHOR_LINES, stream=stream)
+        return [r.line for r in records if r.attempt == self.attempt]
 
     # -- shared steps ----------------------------------------------------------------
 

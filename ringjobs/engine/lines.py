@@ -50,3 +50,26 @@ def _utf8_boundary(data: bytearray, limit: int) -> int:
 def split_all(data: bytes, max_line_bytes: int) -> list[bytes]:
     splitter = LineSplitter(max_line_bytes)
     return splitter.feed(data) + splitter.finish()
+
+
+def unseen_lines(
+    retained: list[bytes], stored_count: int, stored_tail: list[str]
+) -> tuple[list[bytes], bool]:
+    """Lines Docker kept that the store lacks, and whether some may be lost (a gap).
+
+    Docker's log keeps everything unless it rotated: then counting no longer lines up,
+    and the last stored lines are looked for in what it kept instead. Lines are
+    compared as stored: decoded, with invalid UTF-8 replaced.
+    """
+    if not stored_tail:
+        return retained, False
+    texts = [line.decode("utf-8", errors="replace") for line in retained]
+    width = len(stored_tail)
+    if width <= stored_count <= len(texts) and texts[stored_count - width : stored_count] == (
+        stored_tail
+    ):
+        return retained[stored_count:], False  # the whole history is there: count it
+    for end in range(len(texts), width - 1, -1):
+        if texts[end - width : end] == stored_tail:
+            return retained[end:], False
+    return retained, True  # rotated past everything we stored: some lines are gone

@@ -582,3 +582,28 @@ async def test_engine_outage_mid_run_reattaches_and_loses_no_line(
     assert lines == ["1", "2", "3", "4", "5", "6"]
     assert "engine_lost" in types and "reattached" in types
     assert containers_of(namespace) == []
+
+
+async def test_recovery_after_docker_rotated_its_log_loses_and_repeats_nothing(
+    namespace: str, tmp_path: Path
+) -> None:
+    config = make_config(tmp_path, logs={"docker_max_size": "10k", "docker_max_file": 1})
+    first = Harness(config, namespace)
+    await first.start()
+    script = "seq 1 3000; sleep 3; seq 3001 3010"
+    run_id = await first.submit(first.spec("rotating", ["sh", "-c", script]))
+    deadline = time.monotonic() + 30
+    while len(await first.lines(run_id)) < 3000:
+        assert time.monotonic() < deadline, "the first 3000 lines never arrived"
+        await asyncio.sleep(0.05)
+    container_id = await running_container(first, run_id)
+    await first.stop()  # the next lines are written while no daemon listens
+    await docker_cli("wait", container_id)
+    second = Harness(config, namespace)
+    await second.start()
+    try:
+        await second.finished(run_id)
+        lines = await second.lines(run_id)
+    finally:
+        await second.stop()
+    assert lines == [str(i) for i in range(1, 3011)]

@@ -197,3 +197,34 @@ def test_no_byte_lost_or_added(max_line_bytes: int) -> None:
     total = sum(len(p) for p in pieces)
     assert total == len(data) - data.count(b"\n")
     assert b"".join(pieces) == data.replace(b"\n", b"")
+
+
+def test_unseen_lines_counts_when_docker_kept_everything() -> None:
+    from ringjobs.engine.lines import unseen_lines
+
+    retained = [b"1", b"2", b"3", b"4"]
+    assert unseen_lines(retained, 2, ["1", "2"]) == ([b"3", b"4"], False)
+    assert unseen_lines(retained, 0, []) == (retained, False)
+
+
+def test_unseen_lines_anchors_on_the_stored_tail_after_a_rotation() -> None:
+    from ringjobs.engine.lines import unseen_lines
+
+    # 1000 lines stored, Docker kept only 998..1003 after rotating.
+    retained = [str(i).encode() for i in range(998, 1004)]
+    tail = [str(i) for i in range(996, 1001)][-3:]  # "998", "999", "1000"
+    assert unseen_lines(retained, 1000, tail) == ([b"1001", b"1002", b"1003"], False)
+
+
+def test_unseen_lines_reports_a_gap_when_rotation_passed_everything_stored() -> None:
+    from ringjobs.engine.lines import unseen_lines
+
+    retained = [b"2000", b"2001"]
+    assert unseen_lines(retained, 1000, ["999", "1000"]) == (retained, True)
+
+
+def test_unseen_lines_compares_text_as_stored() -> None:
+    from ringjobs.engine.lines import unseen_lines
+
+    retained = [b"\xff bad", b"next"]
+    assert unseen_lines(retained, 1, ["\ufffd bad"]) == ([b"next"], False)
