@@ -45,7 +45,11 @@ def docker_engine() -> Iterator[None]:
     if _docker("image", "inspect", TEST_IMAGE, check=False).returncode != 0:
         subprocess.run(["bash", str(REPO / "scripts" / "build-test-image.sh")], check=True)
     yield
-    remove_test_leftovers()
+    for name in sorted(_CREATED):  # only this session's: other runs may share the engine
+        remove_test_leftovers(name)
+
+
+_CREATED: set[str] = set()
 
 
 def remove_test_leftovers(namespace: str | None = None) -> None:
@@ -76,6 +80,7 @@ def remove_test_leftovers(namespace: str | None = None) -> None:
 def namespace(docker_engine: None) -> Iterator[str]:
     """A fresh namespace name; its containers and network are removed afterwards."""
     name = f"{NAMESPACE_PREFIX}{secrets.token_hex(4)}"
+    _CREATED.add(name)
     yield name
     remove_test_leftovers(name)
 
