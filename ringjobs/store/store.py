@@ -225,8 +225,9 @@ class Store:
         if self._reader is None:
             raise StoreUnavailable("the database is closed (the daemon is shutting down)")
         try:
-            async with self._reader.execute(sql, params) as cur:
-                return list(await cur.fetchall())
+            # One call on aiosqlite's thread: a cursor left open between awaits would keep
+            # an old snapshot for every other read sharing this connection.
+            return list(await self._reader.execute_fetchall(sql, params))
         except sqlite3.OperationalError as exc:
             raise StoreUnavailable(f"cannot read the database {self.path}: {exc}") from exc
 

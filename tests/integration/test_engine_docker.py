@@ -607,3 +607,14 @@ async def test_recovery_after_docker_rotated_its_log_loses_and_repeats_nothing(
     finally:
         await second.stop()
     assert lines == [str(i) for i in range(1, 3011)]
+
+
+async def test_output_is_stored_once_over_many_short_runs(namespace: str, tmp_path: Path) -> None:
+    h = Harness(make_config(tmp_path, max_concurrent_runs=8), namespace)
+    await h.start()
+    try:
+        ids = [await h.submit(h.spec(f"s{i}", ["sh", "-c", "echo a; echo b"])) for i in range(40)]
+        outputs = [(await h.finished(i), await h.lines(i))[1] for i in ids]
+    finally:
+        await h.stop()
+    assert [o for o in outputs if o != ["a", "b"]] == []  # attach replay once doubled some
