@@ -734,14 +734,15 @@ async def query_plans(
 ) -> list[str]:
     """The query plan of every statement `action` runs, with the parameters it used."""
     db = getattr(store, connection)
-    real_execute = db.execute
     seen: list[tuple[str, Any]] = []
+    for method in ("execute", "execute_fetchall"):  # reads use the latter
+        real = getattr(db, method)
 
-    def recording_execute(sql: str, params: Any = None) -> Any:
-        seen.append((sql, params))
-        return real_execute(sql, params)
+        def recording(sql: str, params: Any = None, _real: Any = real) -> Any:
+            seen.append((sql, params))
+            return _real(sql, params)
 
-    monkeypatch.setattr(db, "execute", recording_execute)
+        monkeypatch.setattr(db, method, recording)
     await action()
     monkeypatch.undo()
     plans = []
