@@ -31,7 +31,6 @@ class RunStatus(StrEnum):
 
 
 TERMINAL_STATUSES = frozenset({RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED})
-ACTIVE_STATUSES = frozenset({RunStatus.PENDING, RunStatus.STARTING, RunStatus.RUNNING})
 
 
 class FailureReason(StrEnum):

@@ -6,7 +6,7 @@ import asyncio
 import json
 import socket
 import struct
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -523,6 +523,3 @@ async def _ndjson(request: web.Request) -> web.StreamResponse:
 async def _write_lines(response: web.StreamResponse, items: list[dict[str, Any]]) -> None:
     if items:
         await response.write("".join(json.dumps(i) + "\n" for i in items).encode())
-
-
-Route = Callable[[web.Request], Awaitable[web.StreamResponse]]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import Counter, deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -480,7 +480,3 @@ def _starts_on_apply(spec: JobSpec, active_run_ids: list[int]) -> bool:
 def _run_label(container: ContainerState) -> int | None:
     value = container.labels.get(LABEL_RUN, "")
     return int(value) if value.isdigit() else None
-
-
-def job_keys(specs: Sequence[JobSpec]) -> list[str]:
-    return [s.key for s in specs]

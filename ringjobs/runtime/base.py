@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from ringjobs.exceptions import EngineUnavailable, RingjobsError
+from ringjobs.exceptions import RingjobsError
 from ringjobs.models import VolumeMount
 
 LABEL_MANAGED = "io.ringjobs.managed"
@@ -38,9 +38,6 @@ class StartFailed(RuntimeFailure):
     """Create or start refused (bad command, bad user, bad mount...)."""
 
     code = "start_error"
-
-
-RuntimeUnavailable = EngineUnavailable
 
 
 @dataclass(frozen=True)

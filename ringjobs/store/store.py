@@ -10,7 +10,7 @@ import asyncio
 import json
 import sqlite3
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -644,7 +644,3 @@ async def _insert_event(
             "data": json.dumps(data),
         },
     )
-
-
-def ids(rows: Iterable[dict[str, Any]]) -> list[int]:
-    return [int(r["id"]) for r in rows]

@@ -9,7 +9,7 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -333,10 +333,6 @@ async def test_restart_marks_a_removed_container_lost(namespace: str, tmp_path: 
         await second.stop()
     assert (run.status, run.reason) == (RunStatus.FAILED, "lost")
     assert container_id[:12] in (run.message or "")
-
-
-def _ids(runs: Iterable[Run]) -> list[int]:
-    return [r.id for r in runs]
 
 
 async def test_unsupported_source_and_missing_secret_fail_as_config_errors(

@@ -119,9 +119,3 @@ WHERE namespace = :namespace
   AND (:all OR status IN ('completed', 'failed', 'cancelled'))
   AND (:older_than IS NULL OR coalesce(finished_at, created_at) < :older_than)
 ORDER BY id;
-
--- name: count_pruned_logs
-SELECT count(*) FROM log_lines WHERE run_id = :run_id;
-
--- name: count_pruned_events
-SELECT count(*) FROM run_events WHERE run_id = :run_id;
