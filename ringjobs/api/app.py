@@ -302,22 +302,18 @@ async def get_run(request: web.Request) -> web.Response:
 
 async def wait_run(request: web.Request) -> web.Response:
     engine = _engine(request)
-    run = await _require_run(engine, request.match_info["id"])
+    run_id = (await _require_run(engine, request.match_info["id"])).id  # 400 / 404 first
     timeout = min(
         float(_int_param(request.query.get("timeout"), "timeout", 30, 0, None)), _WAIT_MAX
     )
     deadline = utcnow() + timedelta(seconds=timeout)
-    while not run.status.is_terminal:
+    while True:
+        token = engine.notifier.token(run_id)
+        run = await _require_run(engine, str(run_id))  # read after the token: no change missed
         remaining = (deadline - utcnow()).total_seconds()
-        if remaining <= 0:
-            break
-        token = engine.notifier.token(run.id)
-        run = await _require_run(engine, str(run.id))
-        if run.status.is_terminal:
-            break
+        if run.status.is_terminal or remaining <= 0:
+            return _json(run.to_api())
         await engine.notifier.wait(token, min(remaining, _FOLLOW_POLL * 5))
-        run = await _require_run(engine, str(run.id))
-    return _json(run.to_api())
 
 
 async def exec_run(request: web.Request) -> web.Response:

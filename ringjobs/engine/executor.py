@@ -319,9 +319,9 @@ class RunExecutor:
     async def _finalize(self, exit_code: int) -> None:
         assert self.container_id is not None
         oom = await self._oom_killed(exit_code)
-        fresh = await self.ctx.store.get_run(self.run.id)
-        intent = fresh.stop_intent if fresh else self.run.stop_intent
-        outcome = classify_exit(exit_code, oom, intent)
+        # This executor is the only writer of a live run's stop intent (_stop), and an
+        # adopted run was loaded with it: no need to read it back.
+        outcome = classify_exit(exit_code, oom, self.run.stop_intent)
         if oom and outcome.status is RunStatus.COMPLETED:
             await self.ctx.store.add_event(
                 self.run.id, "warning", "a process was OOM-killed but the job exited 0"

@@ -53,6 +53,7 @@ _RUN_COLUMNS = frozenset(
     }
 )
 _PRUNE_BATCH = 500
+_ACTIVE = ("pending", "starting", "running")
 _PRAGMAS = (
     "auto_vacuum = INCREMENTAL",
     "journal_mode = WAL",
@@ -354,22 +355,8 @@ class Store:
         With only_if_active, nothing is written unless the run is still unfinished, so a
         late writer can never overwrite a final status. Returns whether it was written.
         """
-        unknown = set(fields) - _RUN_COLUMNS
-        if unknown:
-            raise ValueError(f"not run columns: {sorted(unknown)}")
-        values = {k: _to_column(v) for k, v in fields.items()}
-        assignments = ", ".join(f"{k} = :{k}" for k in values) or "id = id"
-        guard = " AND status IN ('pending', 'starting', 'running')" if only_if_active else ""
-        async with self._write() as db:
-            cur = await db.execute(
-                f"UPDATE runs SET {assignments} WHERE id = :run_id{guard}",
-                {**values, "run_id": run_id},
-            )
-            if cur.rowcount != 1:
-                return False
-            if event is not None:
-                await _insert_event(db, run_id, event[0], event[1], data or {})
-        return True
+        guard = _ACTIVE if only_if_active else None
+        return await self._guarded_update(run_id, event, data or {}, guard, fields)
 
     async def claim_pending(
         self,
@@ -380,21 +367,42 @@ class Store:
         stop_intent: StopIntent | None = None,
         message: str | None = None,
     ) -> bool:
-        """Move a pending run to `status` unless it left pending meanwhile; True if it did."""
-        finished = format_time(utcnow()) if status.is_terminal else None
-        params = {
-            "id": run_id,
-            "status": str(status),
+        """Move a pending run to `status` unless it left pending meanwhile; True if it did.
+
+        Starting and cancelling a pending run both go through here: one of them wins.
+        """
+        fields = {
+            "status": status,
             "attempt": attempt,
-            "stop_intent": str(stop_intent) if stop_intent else None,
+            "stop_intent": stop_intent,
             "message": message,
-            "finished_at": finished,
+            "finished_at": utcnow() if status.is_terminal else None,
         }
+        return await self._guarded_update(run_id, event, {}, ("pending",), fields)
+
+    async def _guarded_update(
+        self,
+        run_id: int,
+        event: tuple[str, str] | None,
+        data: dict[str, Any],
+        only_in: tuple[str, ...] | None,
+        fields: dict[str, Any],
+    ) -> bool:
+        unknown = set(fields) - _RUN_COLUMNS
+        if unknown:
+            raise ValueError(f"not run columns: {sorted(unknown)}")
+        values = {k: _to_column(v) for k, v in fields.items()}
+        assignments = ", ".join(f"{k} = :{k}" for k in values) or "id = id"
+        guard = f" AND status IN ({', '.join(repr(s) for s in only_in)})" if only_in else ""
         async with self._write() as db:
-            cur = await db.execute(_q("claim_pending_run"), params)
+            cur = await db.execute(
+                f"UPDATE runs SET {assignments} WHERE id = :run_id{guard}",
+                {**values, "run_id": run_id},
+            )
             if cur.rowcount != 1:
                 return False
-            await _insert_event(db, run_id, event[0], event[1], {})
+            if event is not None:
+                await _insert_event(db, run_id, event[0], event[1], data)
         return True
 
     async def add_event(

@@ -69,12 +69,6 @@ SELECT id FROM runs WHERE namespace = :namespace AND job = :job
 -- name: last_run_of_job
 SELECT * FROM runs WHERE namespace = :namespace AND job = :job ORDER BY id DESC LIMIT 1;
 
--- name: claim_pending_run
--- Compare-and-set: only one of "start it" and "cancel it" can win for a pending run.
-UPDATE runs SET status = :status, attempt = :attempt, stop_intent = :stop_intent,
-    message = :message, finished_at = :finished_at
-WHERE id = :id AND status = 'pending';
-
 -- name: insert_event
 INSERT INTO run_events (run_id, time, type, message, data)
 VALUES (:run_id, :time, :type, :message, :data);
