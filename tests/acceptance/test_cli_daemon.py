@@ -71,6 +71,16 @@ class Daemon:
             timeout=120,
         )
 
+    def latest_run(self, namespace: str) -> str:
+        """The id of the namespace's newest run."""
+        return str(self.json("run", "list", "-n", namespace)["runs"][0]["id"])
+
+    def wait_running(self, run_id: str) -> None:
+        deadline = time.monotonic() + 20
+        while self.json("run", "inspect", run_id)["status"] != "running":
+            assert time.monotonic() < deadline, f"run {run_id} never reached running"
+            time.sleep(0.1)
+
     def json(self, *args: str) -> Any:
         result = self.cli(*args, "-o", "json")
         assert result.returncode == 0, result.stderr
@@ -181,7 +191,7 @@ def test_wait_returns_the_job_exit_code(
     assert reason in result.stderr
     if expected == 3:
         assert "failing" in result.stderr  # the last log lines come with the failure
-    run_id = daemon.json("run", "list", "-n", namespace)["runs"][0]["id"]
+    run_id = int(daemon.latest_run(namespace))
     assert daemon.cli("run", "wait", str(run_id)).returncode == expected
 
 
@@ -251,7 +261,7 @@ def test_interpolation_fills_variables_and_names_every_missing_one(
         "apply", "-f", str(path), "--env-file", str(env_file), "--wait", env={"NS": namespace}
     )
     assert ok.returncode == 0, ok.stderr
-    run_id = daemon.json("run", "list", "-n", namespace)["runs"][0]["id"]
+    run_id = int(daemon.latest_run(namespace))
     assert daemon.cli("logs", str(run_id)).stdout == "from-env-file fallback $HOME\n"
     path.write_text(text.replace("$GREETING", "$MISSING_ONE $MISSING_TWO"))
     missing = daemon.cli("apply", "-f", str(path), env={"NS": namespace})
@@ -296,7 +306,7 @@ def test_logs_follow_streams_a_running_run_and_ends_with_it(
     script = "for i in 1 2 3 4 5; do echo tick$$i; sleep 0.3; done"  # $$: not interpolated
     file = manifest(tmp_path / "m.json", namespace, {"ticker": {"command": ["sh", "-c", script]}})
     assert daemon.cli("apply", "-f", str(file)).returncode == 0
-    run_id = daemon.json("run", "list", "-n", namespace)["runs"][0]["id"]
+    run_id = int(daemon.latest_run(namespace))
     follow = daemon.cli("logs", str(run_id), "--follow")
     assert follow.returncode == 0
     assert follow.stdout.split() == [f"tick{i}" for i in range(1, 6)]
@@ -310,7 +320,7 @@ def test_prune_removes_finished_runs_and_their_logs(
 ) -> None:
     file = manifest(tmp_path / "m.json", namespace, {"p": {"command": ["echo", "x"]}})
     assert daemon.cli("apply", "-f", str(file), "--wait").returncode == 0
-    run_id = daemon.json("run", "list", "-n", namespace)["runs"][0]["id"]
+    run_id = int(daemon.latest_run(namespace))
     recent = daemon.json("namespace", "prune", namespace, "--older-than", "1h")
     assert recent["run_ids"] == []  # finished seconds ago: kept
     everywhere = daemon.json("namespace", "prune", "--all-namespaces", "--dry-run")
@@ -363,11 +373,8 @@ def test_sigterm_leaves_the_container_running_and_the_next_start_finishes_it(
     script = "echo before; sleep 8; echo after; exit 7"
     file = manifest(tmp_path / "m.json", namespace, {"long": {"command": ["sh", "-c", script]}})
     assert daemon.cli("apply", "-f", str(file)).returncode == 0
-    run_id = daemon.json("run", "list", "-n", namespace)["runs"][0]["id"]
-    deadline = time.monotonic() + 20
-    while daemon.json("run", "inspect", str(run_id))["status"] != "running":
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
+    run_id = daemon.latest_run(namespace)
+    daemon.wait_running(run_id)
     assert daemon.stop() == 0
     alive = subprocess.run(
         [
@@ -467,11 +474,8 @@ def test_run_cancel_stops_a_running_run_and_wait_says_130(
         {"endless": {"command": ["sh", "-c", "echo started; sleep 60"], "stop_grace_period": "2s"}},
     )
     assert daemon.cli("apply", "-f", str(file)).returncode == 0
-    run_id = str(daemon.json("run", "list", "-n", namespace)["runs"][0]["id"])
-    deadline = time.monotonic() + 20
-    while daemon.json("run", "inspect", run_id)["status"] != "running":
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
+    run_id = daemon.latest_run(namespace)
+    daemon.wait_running(run_id)
     cancelled = daemon.cli("run", "cancel", run_id)
     assert cancelled.returncode == 0, cancelled.stderr
     assert daemon.cli("run", "wait", run_id).returncode == 130
@@ -521,7 +525,7 @@ def test_job_run_and_rerun_take_safe_overrides(
         },
     )
     assert daemon.cli("apply", "-f", str(file), "--wait").returncode == 0
-    first = daemon.json("run", "list", "-n", namespace)["runs"][0]["id"]
+    first = int(daemon.latest_run(namespace))
     manual = daemon.cli("job", "run", f"{namespace}/greet", "--env", "GREETING=bonjour", "--wait")
     assert manual.returncode == 0, manual.stderr
     rerun = daemon.cli(
@@ -547,7 +551,7 @@ def test_forbid_refuses_a_second_run_with_exit_five(
     assert daemon.cli("apply", "-f", str(file)).returncode == 0
     refused = daemon.cli("job", "run", f"{namespace}/solo")
     assert refused.returncode == 5 and "Forbid" in refused.stderr
-    run_id = str(daemon.json("run", "list", "-n", namespace)["runs"][0]["id"])
+    run_id = daemon.latest_run(namespace)
     assert daemon.cli("run", "cancel", run_id).returncode == 0
     assert daemon.cli("run", "wait", run_id).returncode == 130
 
@@ -557,7 +561,7 @@ def test_wait_survives_a_daemon_restart(daemon: Daemon, namespace: str, tmp_path
         tmp_path / "m.json", namespace, {"patient": {"command": ["sh", "-c", "sleep 4; exit 6"]}}
     )
     assert daemon.cli("apply", "-f", str(file)).returncode == 0
-    run_id = str(daemon.json("run", "list", "-n", namespace)["runs"][0]["id"])
+    run_id = daemon.latest_run(namespace)
     env = {**os.environ, "RINGJOBS_SOCKET": str(daemon.socket)}
     waiter = subprocess.Popen(
         [RINGJOBS, "run", "wait", run_id],
