@@ -780,14 +780,16 @@ class _LogCursor:
     """The last record shown, so that a follow resumed after a restart skips repeats."""
 
     def __init__(self) -> None:
-        self.last: tuple[int, int] | None = None
+        self.last: dict[object, tuple[int, int]] = {}  # per completion of a fan-out run
         self.since: str | None = None
 
     def is_new(self, record: JSON) -> bool:
         key = (int(record.get("attempt") or 0), int(record.get("seq") or 0))
-        if self.last is not None and key <= self.last:
+        completion = record.get("completion")
+        last = self.last.get(completion)
+        if last is not None and key <= last:
             return False
-        self.last, self.since = key, record.get("time") or self.since
+        self.last[completion], self.since = key, record.get("time") or self.since
         return True
 
 
@@ -824,6 +826,8 @@ def _write_log(record: JSON, timestamps: bool, flush: bool, out: TextIO | None =
     if out is None:
         out = sys.stdout if stream == "stdout" else sys.stderr
     prefix = f"{record.get('time', '')} " if timestamps else ""
+    if record.get("completion") is not None:  # a line of one completion of a fan-out run
+        prefix += f"[{record['completion']}] "
     if stream not in ("stdout", "stderr"):
         prefix += "[ringjobs] "
     data = _encode(f"{prefix}{record.get('line', '')}\n")

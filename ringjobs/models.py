@@ -219,6 +219,14 @@ class Run(BaseModel):
     log_truncated: bool = False
     caller_uid: int | None = None
     spec: JobSpec
+    # A completion of a fan-out run (parallelism/completions): its parent and index.
+    parent_id: int | None = None
+    completion_index: int | None = None
+
+    @property
+    def fans_out(self) -> bool:
+        """A parent run: it runs no container itself, its children (one per index) do."""
+        return self.parent_id is None and self.spec.completions > 1
 
     def to_api(self) -> dict[str, Any]:
         data = self.model_dump(mode="json", exclude={"spec"})

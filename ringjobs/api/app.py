@@ -167,8 +167,11 @@ def _inactive_field_warnings(outcome: ApplyOutcome) -> list[str]:
     spec, found = outcome.spec, []
     if spec.schedule:
         found.append(f"schedule {spec.schedule!r} is stored but schedules do not fire yet")
-    if spec.parallelism > 1 or spec.completions > 1:
-        found.append("parallelism/completions are stored but each run has one container")
+    if spec.parallelism > spec.completions:
+        found.append(
+            f"parallelism {spec.parallelism} exceeds completions {spec.completions}: "
+            f"at most {spec.completions} containers run at once"
+        )
     return [f"job {spec.key}: {text}" for text in found] if outcome.action != "unchanged" else []
 
 
@@ -297,7 +300,20 @@ async def list_runs(request: web.Request) -> web.Response:
 async def get_run(request: web.Request) -> web.Response:
     engine = _engine(request)
     run = await _require_run(engine, request.match_info["id"])
-    return _json(_run_view(engine, run))
+    view = _run_view(engine, run)
+    if run.fans_out:
+        view["completions"] = [
+            {
+                "index": child.completion_index,
+                "run_id": child.id,
+                "status": child.status,
+                "reason": child.reason,
+                "exit_code": child.exit_code,
+                "attempt": child.attempt,
+            }
+            for child in await engine.store.child_runs(run.id)
+        ]
+    return _json(view)
 
 
 async def wait_run(request: web.Request) -> web.Response:
@@ -341,6 +357,10 @@ async def run_logs(request: web.Request) -> web.StreamResponse:
     since_us = _since_param(query.get("since"))
     tail = _int_param(query.get("tail"), "tail", None, 0, 1_000_000)
     response = await _ndjson(request)
+    if run.fans_out:
+        follow = _flag(query.get("follow"))
+        await _fan_out_logs(engine, run, response, tail, since_us, stream, follow)
+        return response
     after = 0
     if tail is not None:
         records = await engine.store.tail_logs(run.id, tail, since_us, stream)
@@ -364,6 +384,45 @@ async def run_logs(request: web.Request) -> web.StreamResponse:
         await engine.notifier.wait(token, _FOLLOW_POLL)
     await response.write_eof()
     return response
+
+
+async def _fan_out_logs(
+    engine: Engine,
+    run: Run,
+    response: web.StreamResponse,
+    tail: int | None,
+    since_us: int,
+    stream: str | None,
+    follow: bool,
+) -> None:
+    """A fan-out run's logs: its completions' lines, each marked with its index."""
+    after: dict[int, int] = {}  # child run id -> last seq sent
+
+    def marked(child: Run, records: list[LogRecord]) -> list[dict[str, Any]]:
+        return [{**r.to_api(), "completion": child.completion_index} for r in records]
+
+    if tail is not None:
+        tails: list[tuple[int, dict[str, Any]]] = []
+        for child in await engine.store.child_runs(run.id):
+            records = await engine.store.tail_logs(child.id, tail, since_us, stream)
+            lines = marked(child, records)
+            tails += [(r.time_us, line) for r, line in zip(records, lines, strict=True)]
+            after[child.id] = await engine.store.last_log_seq(child.id)
+        tails.sort(key=lambda item: item[0])
+        await _write_lines(response, [line for _, line in tails[max(0, len(tails) - tail) :]])
+    while True:
+        token = engine.notifier.token(run.id)
+        current = await _require_run(engine, str(run.id))
+        for child in await engine.store.child_runs(run.id):
+            while batch := await engine.store.read_logs(
+                child.id, after.get(child.id, 0), since_us, stream, _PAGE
+            ):
+                await _write_lines(response, marked(child, batch))
+                after[child.id] = batch[-1].seq
+        if not follow or current.status.is_terminal:
+            break
+        await engine.notifier.wait(token, _FOLLOW_POLL)
+    await response.write_eof()
 
 
 async def run_events(request: web.Request) -> web.StreamResponse:

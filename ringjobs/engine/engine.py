@@ -19,6 +19,7 @@ import structlog
 
 from ringjobs.config import Config
 from ringjobs.engine.executor import EngineContext, RunExecutor
+from ringjobs.engine.fanout import FanOut
 from ringjobs.engine.logsink import LogSink
 from ringjobs.engine.notify import Notifier
 from ringjobs.exceptions import Conflict, EngineUnavailable, NotFound
@@ -74,6 +75,8 @@ class Engine:
         self._ready = asyncio.Event()
         self._reattacher: asyncio.Task[None] | None = None
         self._tasks: dict[int, asyncio.Task[None]] = {}
+        self._fanouts: dict[int, FanOut] = {}  # parents of running completions; no slot
+        self._fanout_tasks: dict[int, asyncio.Task[None]] = {}
         self._background: list[asyncio.Task[None]] = []
         self._changed = asyncio.Event()
         self._reconciled = True
@@ -96,9 +99,10 @@ class Engine:
 
     async def stop(self) -> None:
         """Stop starting runs and stop following containers; they keep running."""
-        for task in [*self._background, *self._tasks.values()]:
+        tasks = [*self._background, *self._fanout_tasks.values(), *self._tasks.values()]
+        for task in tasks:
             task.cancel()
-        for task in [*self._background, *self._tasks.values()]:
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         await self.sink.stop()
@@ -107,7 +111,7 @@ class Engine:
         """Until no run is queued or executing (tests and burst mode)."""
         while True:
             self._changed.clear()  # clear before checking, so no change is missed
-            if not self._tasks and not self._pending:
+            if not self._tasks and not self._pending and not self._fanout_tasks:
                 return
             await self._changed.wait()
 
@@ -116,7 +120,7 @@ class Engine:
         return len(self._tasks)
 
     def is_executing(self, run_id: int) -> bool:
-        return run_id in self._tasks
+        return run_id in self._tasks or run_id in self._fanout_tasks
 
     @property
     def queued_count(self) -> int:
@@ -162,7 +166,9 @@ class Engine:
         except BaseException:
             self._pending.appendleft(run_id)  # keep its place for the next try
             raise
-        if run is not None and run.status == RunStatus.PENDING:
+        if run is not None and run.status == RunStatus.PENDING and run.fans_out:
+            self._spawn_fan_out(run)
+        elif run is not None and run.status == RunStatus.PENDING:
             executor = RunExecutor(self.ctx, run)
             self._spawn(run, executor.execute(), executor)
         self._changed.set()
@@ -189,8 +195,54 @@ class Engine:
             self._job_of[run_id] = (spec.key, spec.concurrency_policy) if spec else ("", "")
         return self._job_of[run_id]
 
+    def _spawn_fan_out(self, run: Run) -> None:
+        fan_out = self._fanouts[run.id] = FanOut(self, run)
+        key = run.spec.key
+        self._executing[key] += 1
+
+        async def guarded() -> None:
+            try:
+                await fan_out.execute()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("fan_out_crashed", run_id=run.id)
+                self._fanout_retry_later(run.id)
+            finally:
+                self._executing[key] -= 1
+                if not self._executing[key]:
+                    del self._executing[key]
+                self._fanouts.pop(run.id, None)
+                self._fanout_tasks.pop(run.id, None)
+                self.ctx.stop_requests.pop(run.id, None)
+                self.notifier.notify(run.id)
+                self._changed.set()
+                self._wakeup.set()
+
+        self._fanout_tasks[run.id] = asyncio.create_task(guarded(), name=f"fan-out-{run.id}")
+
+    def _fanout_retry_later(self, run_id: int) -> None:
+        """A store hiccup in a parent: put it back in the queue; it resumes its children."""
+
+        async def requeue() -> None:
+            with contextlib.suppress(Exception):
+                run = await self._run(run_id)
+                if not run.status.is_terminal:
+                    await self._requeue(run, "its coordinator hit an error")
+
+        asyncio.get_running_loop().call_later(
+            _ENGINE_POLL, lambda: asyncio.ensure_future(requeue())
+        )
+
+    def _child_changed(self, run: Run) -> None:
+        """A completion moved on: its parent looks again."""
+        if run.parent_id is not None and (parent := self._fanouts.get(run.parent_id)):
+            parent.changed.set()
+
     def _spawn(self, run: Run, work: Awaitable[None], executor: RunExecutor) -> None:
-        run_id, key = run.id, run.spec.key
+        run_id = run.id
+        # A completion is covered by its parent's count (Queue/Replace wait for the parent).
+        key = run.spec.key if run.parent_id is None else f"{run.spec.key}#{run.parent_id}"
         self._executing[key] += 1
 
         async def guarded() -> None:
@@ -208,9 +260,12 @@ class Engine:
                 log.exception("run_crashed", run_id=run_id)
             finally:
                 self._executing[key] -= 1
+                if not self._executing[key]:
+                    del self._executing[key]
                 self._tasks.pop(run_id, None)
                 self.ctx.stop_requests.pop(run_id, None)
                 self.notifier.notify(run_id)
+                self._child_changed(run)
                 self._changed.set()
                 self._wakeup.set()
 
@@ -345,6 +400,8 @@ class Engine:
             run_id, "cancel_requested", f"cancel requested by {who}", {"caller_uid": caller_uid}
         )
         self.ctx.stop_requests.setdefault(run_id, asyncio.Event()).set()
+        if (fan_out := self._fanouts.get(run_id)) is not None:
+            fan_out.changed.set()  # it stops its completions, then concludes
         message = f"cancelled by {who} before it started"
         if await self.store.claim_pending(
             run_id,
@@ -356,8 +413,18 @@ class Engine:
         ):
             self.notifier.notify(run_id)
             self.ctx.stop_requests.pop(run_id, None)  # it will never be executed
-            self.ctx.metrics.run_finished(run.namespace, RunStatus.CANCELLED, None)
+            if run.parent_id is None:
+                self.ctx.metrics.run_finished(run.namespace, RunStatus.CANCELLED, None)
+            self._child_changed(run)
+            if run.fans_out:  # queued again after a restart, its completions may be live
+                await self._cancel_children(run, who)
         return await self._run(run_id)
+
+    async def _cancel_children(self, parent: Run, who: str) -> None:
+        for child in await self.store.child_runs(parent.id):
+            if not child.status.is_terminal:
+                with contextlib.suppress(Conflict):
+                    await self.cancel(child.id, None, why=f"{who} (run {parent.id} cancelled)")
 
     async def _run(self, run_id: int) -> Run:
         run = await self.store.get_run(run_id)
@@ -381,7 +448,7 @@ class Engine:
             return PruneResult(namespace, True, ids, 0, 0, 0, len(active))
         for row in active:
             await self._cancel_for_prune(int(row["id"]))
-        ids = [i for i in ids if i not in self._tasks]  # never delete a run still executing
+        ids = [i for i in ids if not self.is_executing(i)]  # never delete a run still executing
         containers = await self._remove_leftovers(set(ids))
         lines, events = await self.store.delete_runs(ids)
         return PruneResult(namespace, False, ids, lines, events, containers, len(active))
@@ -389,7 +456,7 @@ class Engine:
     async def _cancel_for_prune(self, run_id: int) -> None:
         with contextlib.suppress(Conflict):  # it finished meanwhile: nothing to cancel
             await self.cancel(run_id, None, why="namespace prune --all")
-        task = self._tasks.get(run_id)
+        task = self._tasks.get(run_id) or self._fanout_tasks.get(run_id)
         if task is not None:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await asyncio.wait_for(asyncio.shield(task), 120)
@@ -436,10 +503,12 @@ class Engine:
         return {run_id: c for c in found if (run_id := _run_label(c)) is not None}
 
     async def _reconcile_run(self, run: Run, container: ContainerState | None) -> None:
-        if run.id in self._tasks or run.id in self._pending:
+        if self.is_executing(run.id) or run.id in self._pending:
             return  # already being executed or queued by this daemon
         if run.status == RunStatus.PENDING:
             self.enqueue(run.id)
+        elif run.fans_out:
+            await self._requeue(run, "its completions are followed again")
         elif container is not None and container.status == "created":
             # Created but never started: starting it afresh cannot run it twice.
             await self.runtime.remove(container.id)

@@ -430,5 +430,5 @@ class RunExecutor:
             raise RunAlreadyFinal(self.run.id)
         self.run = self.run.model_copy(update={k: v for k, v in fields.items()})
         self.ctx.notifier.notify(self.run.id)
-        if self.run.status.is_terminal and "status" in fields:
+        if self.run.status.is_terminal and "status" in fields and self.run.parent_id is None:
             self.ctx.metrics.run_finished(self.run.namespace, self.run.status, self.run.reason)

@@ -305,6 +305,37 @@ class Store:
             await _upsert_namespace(db, spec.namespace, None, format_time(utcnow()), False)
             return await _insert_run(db, spec, revision, trigger, caller_uid)
 
+    async def create_child_run(self, parent: Run, index: int, spec: JobSpec) -> int:
+        """The run of completion `index` of a fan-out run; a second call adds nothing."""
+        async with self._write() as db:
+            cur = await db.execute(
+                _q("insert_child_run"),
+                {
+                    **_run_params(spec, parent.revision, parent.trigger, parent.caller_uid),
+                    "parent_id": parent.id,
+                    "completion_index": index,
+                },
+            )
+            if not cur.rowcount:
+                async with db.execute(
+                    _q("child_run_id"), {"parent_id": parent.id, "completion_index": index}
+                ) as found:
+                    row = await found.fetchone()
+                return int(row[0]) if row else 0
+            child_id = int(cur.lastrowid or 0)
+            await _insert_event(
+                db,
+                child_id,
+                "created",
+                f"completion {index} of run {parent.id} (trigger {parent.trigger})",
+                {"parent_id": parent.id, "completion_index": index},
+            )
+            return child_id
+
+    async def child_runs(self, parent_id: int) -> list[Run]:
+        rows = await self._fetchall(_q("child_runs"), {"parent_id": parent_id})
+        return [run_from_row(r) for r in rows]
+
     async def get_run(self, run_id: int) -> Run | None:
         row = await self._fetchone(_q("get_run"), {"id": run_id})
         return run_from_row(row) if row else None
@@ -321,6 +352,7 @@ class Store:
         # (`:x IS NULL OR col = :x` is planned before binding and always scans).
         given = {"namespace": namespace, "job": job, "status": status}
         where = [f"{col} = :{col}" for col in _RUN_FILTERS if given[col] is not None]
+        where.append("parent_id IS NULL")  # completions are listed by their parent
         if before is not None:
             where.append("id < :before")
         sql = "SELECT * FROM runs"
@@ -613,21 +645,7 @@ async def _insert_run(
     trigger: Trigger,
     caller_uid: int | None,
 ) -> int:
-    now = format_time(utcnow())
-    cur = await db.execute(
-        _q("insert_run"),
-        {
-            "namespace": spec.namespace,
-            "job": spec.name,
-            "revision": revision,
-            "trigger": str(trigger),
-            "now": now,
-            "image": spec.image,
-            "command": json.dumps(spec.command) if spec.command else None,
-            "caller_uid": caller_uid,
-            "spec": spec.canonical_json(),
-        },
-    )
+    cur = await db.execute(_q("insert_run"), _run_params(spec, revision, trigger, caller_uid))
     run_id = int(cur.lastrowid or 0)
     await _insert_event(
         db,
@@ -637,6 +655,22 @@ async def _insert_run(
         {"trigger": str(trigger), "caller_uid": caller_uid},
     )
     return run_id
+
+
+def _run_params(
+    spec: JobSpec, revision: int, trigger: Trigger, caller_uid: int | None
+) -> dict[str, Any]:
+    return {
+        "namespace": spec.namespace,
+        "job": spec.name,
+        "revision": revision,
+        "trigger": str(trigger),
+        "now": format_time(utcnow()),
+        "image": spec.image,
+        "command": json.dumps(spec.command) if spec.command else None,
+        "caller_uid": caller_uid,
+        "spec": spec.canonical_json(),
+    }
 
 
 async def _insert_event(

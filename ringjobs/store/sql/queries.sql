@@ -20,8 +20,9 @@ SELECT name, environment, network, created_at, updated_at FROM namespaces WHERE 
 -- name: list_namespaces
 SELECT n.name, n.environment, n.network,
        (SELECT count(*) FROM jobs j WHERE j.namespace = n.name) AS jobs,
-       (SELECT count(*) FROM runs r WHERE r.namespace = n.name) AS runs,
        (SELECT count(*) FROM runs r WHERE r.namespace = n.name
+            AND r.parent_id IS NULL) AS runs,
+       (SELECT count(*) FROM runs r WHERE r.namespace = n.name AND r.parent_id IS NULL
             AND r.status IN ('pending', 'starting', 'running')) AS active_runs
 FROM namespaces n ORDER BY n.name;
 
@@ -63,11 +64,13 @@ SELECT * FROM runs WHERE id = :id;
 SELECT * FROM runs WHERE status IN ('pending', 'starting', 'running') ORDER BY id;
 
 -- name: active_runs_of_job
+-- Completions of a fan-out run are not counted: their parent stands for them.
 SELECT id FROM runs WHERE namespace = :namespace AND job = :job
-    AND status IN ('pending', 'starting', 'running') ORDER BY id;
+    AND status IN ('pending', 'starting', 'running') AND parent_id IS NULL ORDER BY id;
 
 -- name: last_run_of_job
-SELECT * FROM runs WHERE namespace = :namespace AND job = :job ORDER BY id DESC LIMIT 1;
+SELECT * FROM runs WHERE namespace = :namespace AND job = :job AND parent_id IS NULL
+ORDER BY id DESC LIMIT 1;
 
 -- name: insert_event
 INSERT INTO run_events (run_id, time, type, message, data)
@@ -113,3 +116,16 @@ WHERE namespace = :namespace
   AND (:all OR status IN ('completed', 'failed', 'cancelled'))
   AND (:older_than IS NULL OR coalesce(finished_at, created_at) < :older_than)
 ORDER BY id;
+
+-- name: insert_child_run
+INSERT INTO runs (namespace, job, revision, trigger, status, created_at, image, command,
+                  caller_uid, spec, parent_id, completion_index)
+VALUES (:namespace, :job, :revision, :trigger, 'pending', :now, :image, :command,
+        :caller_uid, :spec, :parent_id, :completion_index)
+ON CONFLICT (parent_id, completion_index) WHERE parent_id IS NOT NULL DO NOTHING;
+
+-- name: child_runs
+SELECT * FROM runs WHERE parent_id = :parent_id ORDER BY completion_index;
+
+-- name: child_run_id
+SELECT id FROM runs WHERE parent_id = :parent_id AND completion_index = :completion_index;

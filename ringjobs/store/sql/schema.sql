@@ -35,6 +35,7 @@ CREATE TABLE job_revisions (
 );
 
 -- AUTOINCREMENT: a pruned run's id is never handed out again.
+-- parent_id, completion_index: added by 0002 (ALTER TABLE writes them this way).
 CREATE TABLE runs (
     id             INTEGER PRIMARY KEY AUTOINCREMENT,
     namespace      TEXT NOT NULL,
@@ -59,11 +60,14 @@ CREATE TABLE runs (
     log_truncated  INTEGER NOT NULL DEFAULT 0,
     caller_uid     INTEGER,
     spec           TEXT NOT NULL
-);
+, parent_id INTEGER, completion_index INTEGER);
 CREATE INDEX runs_by_namespace ON runs (namespace, id);
 CREATE INDEX runs_by_job ON runs (namespace, job, id);
 CREATE INDEX runs_by_status ON runs (status, id);
 CREATE INDEX runs_by_finished ON runs (namespace, finished_at);
+-- parallelism/completions: one child run per completion index of a fan-out run.
+CREATE UNIQUE INDEX runs_by_parent ON runs (parent_id, completion_index)
+    WHERE parent_id IS NOT NULL;
 
 CREATE TABLE run_events (
     id      INTEGER PRIMARY KEY,
