@@ -399,6 +399,8 @@ class Engine:
         await self.store.add_event(
             run_id, "cancel_requested", f"cancel requested by {who}", {"caller_uid": caller_uid}
         )
+        if run.fans_out:  # its coordinator has no container to carry the intent: keep it
+            await self.store.update_run(run_id, only_if_active=True, stop_intent=StopIntent.CANCEL)
         self.ctx.stop_requests.setdefault(run_id, asyncio.Event()).set()
         if (fan_out := self._fanouts.get(run_id)) is not None:
             fan_out.changed.set()  # it stops its completions, then concludes

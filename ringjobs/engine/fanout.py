@@ -66,9 +66,12 @@ class FanOut:
             ),
             RunStatus.RUNNING,
             attempt=1,
+            stop_intent=parent.stop_intent,  # a cancel from before a restart still holds
         )
         if not claimed:
             return  # cancelled while it waited
+        if parent.stop_intent is StopIntent.CANCEL:
+            self.engine.ctx.stop_requests.setdefault(parent.id, asyncio.Event()).set()
         await self.store.update_run(
             parent.id, only_if_active=True, started_at=parent.started_at or utcnow()
         )
@@ -111,6 +114,8 @@ class FanOut:
     async def _concluded(self, children: list[Run]) -> bool:
         """Write the parent's final status if its children decide it; True if written."""
         active = [c for c in children if not c.status.is_terminal]
+        # A completion whose status is final may still be removing its container.
+        settling = any(self.engine.is_executing(c.id) for c in children)
         if self._culprit is None:  # the first to end badly decides, not those we stop after
             self._culprit = next(
                 (c for c in children if c.status is RunStatus.FAILED),
@@ -120,12 +125,12 @@ class FanOut:
         if cancelled or self._culprit is not None:
             for child in active:
                 await self._stop_child(child, "its run was cancelled" if cancelled else "")
-            if active:
+            if active or settling:
                 return False  # conclude once every completion has stopped
             await self._finish_stopped(children, self._culprit, cancelled)
             return True
         succeeded = sum(1 for c in children if c.status is RunStatus.COMPLETED)
-        if succeeded < self.parent.spec.completions:
+        if succeeded < self.parent.spec.completions or settling:
             return False
         await self._finish(
             RunStatus.COMPLETED,

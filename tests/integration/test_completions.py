@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from test_engine_docker import Harness, containers_of, make_config
 
-from ringjobs.models import Run, RunStatus
+from ringjobs.models import Run, RunStatus, StopIntent
+from ringjobs.store import Store
 
 pytestmark = pytest.mark.docker
 
@@ -143,4 +144,37 @@ async def test_a_restart_adopts_running_completions_and_finishes_the_rest(
     assert {c.id: c.container_id for c in children if c.id in adopted} == adopted  # not rerun
     assert all(c.status is RunStatus.COMPLETED and c.attempt == 1 for c in children)
     assert lines == {i: [f"index {i}"] for i in range(4)}
+    assert containers_of(namespace) == []
+
+
+async def test_a_cancel_recorded_before_a_restart_still_stops_the_fan_out(
+    namespace: str, tmp_path: Path
+) -> None:
+    config = make_config(tmp_path)
+    first = Harness(config, namespace)
+    await first.start()
+    spec = first.spec(
+        "halt", ["sleep", "30"], completions=3, parallelism=2, stop_grace_period_seconds=1.0
+    )
+    parent_id = await first.submit(spec)
+    await children_when(first, parent_id, 2)
+    await first.stop()
+    # What Engine.cancel writes first; the daemon then dies before acting on it.
+    store = Store(config.database)
+    await store.open()
+    await store.update_run(parent_id, only_if_active=True, stop_intent=StopIntent.CANCEL)
+    await store.close()
+    second = Harness(config, namespace)
+    await second.start()
+    try:
+        parent = await second.finished(parent_id)
+        children = await second.store.child_runs(parent_id)
+        for child in children:
+            await second.finished(child.id)
+        children = await second.store.child_runs(parent_id)
+    finally:
+        await second.stop()
+    assert parent.status is RunStatus.CANCELLED
+    assert [c.completion_index for c in children] == [0, 1]  # index 2 never started
+    assert all(c.status is RunStatus.CANCELLED for c in children)
     assert containers_of(namespace) == []
