@@ -1,0 +1,439 @@
+"""ringjobs at scale, side by side with raw Docker where Docker has a counterpart (issue 7).
+
+    .venv/bin/python bench/scale_bench.py [--quick] [--only logs,history,idle]
+
+- logs: a job writes SIZE bytes to stdout in 4 KiB lines. ringjobs stores all of it
+  (its byte cap is raised above SIZE for this); the baseline is `docker logs --follow`
+  of the same container command, drained into `wc -c`. Also: the daemon's peak RSS,
+  and reading that run back (first line, whole log, `--tail 100`).
+- history: a database of RUNS runs and 10 log lines each, written directly with the
+  store's schema. `run list -n NS --job J` and `run inspect` through the API (p50/p95),
+  the CLI's `run list` wall time, then `namespace prune --older-than` of a tenth of
+  the runs while another client measures how long API calls wait.
+- idle: the daemon on that database with 100 scheduled jobs: RSS and CPU over a quiet
+  interval.
+
+Every daemon gets its own temp dir; containers are labelled io.ringjobs.namespace=
+scale-bench* and removed at the end. A benchmark, not a test: it reports, it asserts
+only that what it measured really happened (sizes, statuses).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import signal
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from run_bench import IMAGE, RINGJOBS, Daemon, machine, revision, ringjobs_env, wait_for_daemon
+
+from ringjobs.client import Client
+from ringjobs.models import JobSpec
+from ringjobs.store import Store
+
+NAMESPACE = "scale-bench"
+LINE = 4096  # bytes per line, newline included
+JOBS = 100
+
+
+def generator(size: int) -> list[str]:
+    """A busybox command writing `size` bytes of 4 KiB lines to stdout, fast."""
+    return ["sh", "-c", f"yes \"$(head -c {LINE - 1} /dev/zero | tr '\\0' x)\" | head -c {size}"]
+
+
+@contextmanager
+def daemon_with(workdir: Path, **settings: object) -> Iterator[Daemon]:
+    sock, config = workdir / "rj.sock", workdir / "config.yaml"
+    base = {"socket": str(sock), "database": str(workdir / "rj.db"), "log_level": "warning"}
+    config.write_text(json.dumps(base | settings))
+    env = ringjobs_env(workdir) | {"RINGJOBS_SOCKET": str(sock)}
+    with open(workdir / "daemon.log", "wb") as log:
+        argv = [RINGJOBS, "daemon", "--config", str(config)]
+        proc = subprocess.Popen(argv, stdout=log, stderr=log, env=env)
+    try:
+        yield wait_for_daemon(Daemon(proc, str(sock), env))
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        if proc.wait(timeout=60) != 0:
+            print((workdir / "daemon.log").read_text()[-2000:], file=sys.stderr)
+
+
+def status_kb(pid: int, key: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    raise KeyError(key)
+
+
+def mb(kib: int) -> str:
+    return f"{kib / 1024:.0f} MB"
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1000:.1f} ms"
+
+
+def row(*cells: object) -> None:
+    print("| " + " | ".join(str(c) for c in cells) + " |")
+
+
+def header(title: str, *columns: str) -> None:
+    print(f"\n{title}\n")
+    row(*columns)
+    row(*("---" for _ in columns))
+
+
+# -- logs ---------------------------------------------------------------------------------
+
+
+def docker_drain(size: int) -> float:
+    """Seconds from `docker run -d` to the end of `docker logs --follow | wc -c`."""
+    start = time.perf_counter()
+    cid = subprocess.run(
+        [
+            "docker",
+            "run",
+            "-d",
+            "--label",
+            f"io.ringjobs.namespace={NAMESPACE}-docker",
+            IMAGE,
+            *generator(size),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    drained = subprocess.run(
+        f"docker logs --follow {cid} | wc -c", shell=True, capture_output=True, text=True
+    )
+    elapsed = time.perf_counter() - start
+    subprocess.run(["docker", "rm", "-f", cid], capture_output=True)
+    got = int(drained.stdout.strip() or 0)
+    if got != size:
+        raise SystemExit(f"docker logs drained {got} bytes, expected {size}")
+    return elapsed
+
+
+def ringjobs_capture(daemon: Daemon, size: int) -> tuple[float, int]:
+    start = time.perf_counter()
+    request = {"namespace": NAMESPACE, "image": IMAGE, "command": generator(size)}
+    run_id = int(daemon.client.exec_run(request)["id"])
+    run = daemon.client.wait_until_terminal(run_id)
+    elapsed = time.perf_counter() - start
+    if run["status"] != "completed" or run["log_bytes"] != size or run.get("log_truncated"):
+        raise SystemExit(f"run {run_id}: {run['status']}, {run['log_bytes']} bytes stored")
+    return elapsed, run_id
+
+
+def first_line_and_total(daemon: Daemon, argv: list[str]) -> tuple[float, float, int]:
+    start = time.perf_counter()
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, env=daemon.env)
+    assert proc.stdout is not None
+    first = proc.stdout.readline()
+    first_at = time.perf_counter() - start
+    total = len(first)
+    while chunk := proc.stdout.read(1 << 20):
+        total += len(chunk)
+    proc.wait()
+    return first_at, time.perf_counter() - start, total
+
+
+def bench_logs(size: int, rounds: int) -> None:
+    docker_times, rj_times, run_id = [], [], 0
+    with tempfile.TemporaryDirectory(prefix="rj-scale-") as tmp:
+        cap = f"{size + (1 << 20)}"
+        with daemon_with(Path(tmp), logs={"max_bytes_per_run": cap}) as daemon:
+            baseline_rss = status_kb(daemon.proc.pid, "VmRSS")
+            for _ in range(rounds):  # interleaved: engine drift hits both alike
+                docker_times.append(docker_drain(size))
+                elapsed, run_id = ringjobs_capture(daemon, size)
+                rj_times.append(elapsed)
+            peak = status_kb(daemon.proc.pid, "VmHWM")
+            db_size = sum(p.stat().st_size for p in Path(tmp).glob("rj.db*"))
+            cli = [RINGJOBS, "logs", str(run_id)]
+            first, whole, total = first_line_and_total(daemon, cli)
+            tails = [first_line_and_total(daemon, [*cli, "--tail", "100"])[1] for _ in range(5)]
+    d, r = statistics.median(docker_times), statistics.median(rj_times)
+    header(
+        f"Log capture: {size / 2**20:.0f} MiB in 4 KiB lines, median of {rounds}",
+        "",
+        "ringjobs",
+        "docker",
+        "ratio",
+        "target",
+    )
+    row(
+        "capture rate (`exec` → stored / `docker logs -f` → wc)",
+        f"{size / r / 2**20:.0f} MiB/s",
+        f"{size / d / 2**20:.0f} MiB/s",
+        f"{d / r:.2f}x",
+        "≥ 0.8x",
+    )
+    row("daemon peak RSS (VmHWM)", mb(peak), "", f"idle {mb(baseline_rss)}", "< 100 MB")
+    row("database size after the runs", f"{db_size / 2**20:.0f} MiB", "", "", "")
+    row("`logs RUN`: first line", ms(first), "", "", "< 100 ms")
+    row("`logs RUN`: whole log", f"{total / whole / 2**20:.0f} MiB/s", "", "", "disk speed")
+    row("`logs RUN --tail 100`, median of 5", ms(statistics.median(tails)), "", "", "< 50 ms")
+
+
+# -- history --------------------------------------------------------------------------------
+
+
+def build_history(path: Path, runs: int, lines_per_run: int) -> datetime:
+    """RUNS finished runs over JOBS jobs, oldest first, one minute apart; returns the
+    finish time of the run at the 10% mark (prune --older-than cuts there)."""
+    asyncio.run(_migrate(path))
+    now = datetime.now(UTC)
+    first = now - timedelta(minutes=runs + 10)
+    spec = {j: JobSpec(namespace=NAMESPACE, name=f"job-{j}", image=IMAGE) for j in range(JOBS)}
+    db = sqlite3.connect(path)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=OFF")  # building a fixture, not measuring
+    with db:
+        db.execute(
+            "INSERT OR IGNORE INTO namespaces (name, created_at, updated_at) VALUES (?, ?, ?)",
+            (NAMESPACE, _t(first), _t(first)),
+        )
+        for s in spec.values():
+            db.execute(
+                "INSERT INTO jobs (namespace, name, revision, spec, spec_hash, created_at,"
+                " updated_at) VALUES (?, ?, 1, ?, ?, ?, ?)",
+                (NAMESPACE, s.name, s.canonical_json(), s.spec_hash(), _t(first), _t(first)),
+            )
+    batch = 20_000
+    for start in range(0, runs, batch):
+        run_rows, line_rows, event_rows = [], [], []
+        for i in range(start, min(runs, start + batch)):
+            run_id, j = i + 1, i % JOBS
+            created = first + timedelta(minutes=i)
+            finished = created + timedelta(seconds=2)
+            run_rows.append(
+                (
+                    run_id,
+                    NAMESPACE,
+                    spec[j].name,
+                    "apply",
+                    _t(created),
+                    _t(created + timedelta(seconds=1)),
+                    _t(finished),
+                    IMAGE,
+                    lines_per_run * 40,
+                    spec[j].canonical_json(),
+                )
+            )
+            us = int(created.timestamp() * 1e6)
+            line_rows += [
+                (run_id, seq, 1, 1, us + seq, f"run {run_id} line {seq} " + "x" * 20)
+                for seq in range(1, lines_per_run + 1)
+            ]
+            event_rows += [
+                (run_id, _t(created), "created", "run created by apply (revision 1)"),
+                (run_id, _t(finished), "finished", "completed: exited 0"),
+            ]
+        with db:
+            db.executemany(
+                "INSERT INTO runs (id, namespace, job, revision, trigger, status, exit_code,"
+                " attempt, created_at, started_at, finished_at, image, log_bytes, spec)"
+                " VALUES (?, ?, ?, 1, ?, 'completed', 0, 1, ?, ?, ?, ?, ?, ?)",
+                run_rows,
+            )
+            db.executemany(
+                "INSERT INTO log_lines (run_id, seq, attempt, stream, time, line)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                line_rows,
+            )
+            db.executemany(
+                "INSERT INTO run_events (run_id, time, type, message) VALUES (?, ?, ?, ?)",
+                event_rows,
+            )
+    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    db.close()
+    return first + timedelta(minutes=runs // 10, seconds=30)
+
+
+async def _migrate(path: Path) -> None:
+    store = Store(path)
+    await store.open()
+    await store.close()
+
+
+def _t(when: datetime) -> str:
+    return when.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def timed(call: Callable[[], object], times: int) -> list[float]:
+    samples = []
+    for _ in range(times):
+        start = time.perf_counter()
+        call()
+        samples.append(time.perf_counter() - start)
+    return samples
+
+
+class Prober(threading.Thread):
+    """Times `run inspect` calls back to back while something else runs."""
+
+    def __init__(self, socket_path: str, run_ids: int) -> None:
+        super().__init__(daemon=True)
+        self.client = Client(socket_path, retry_for=0)
+        self.run_ids = run_ids
+        self.samples: list[float] = []
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            run_id = random.randint(self.run_ids // 2, self.run_ids)
+            start = time.perf_counter()
+            self.client.get_run(run_id)
+            self.samples.append(time.perf_counter() - start)
+
+
+def db_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.parent.glob(path.name + "*"))
+
+
+def bench_history(runs: int, lines_per_run: int, idle_seconds: float) -> None:
+    with tempfile.TemporaryDirectory(prefix="rj-scale-") as tmp:
+        database = Path(tmp) / "rj.db"
+        started = time.perf_counter()
+        cut = build_history(database, runs, lines_per_run)
+        built = time.perf_counter() - started
+        with daemon_with(Path(tmp)) as daemon:
+            client = daemon.client
+            client.list_runs(namespace=NAMESPACE, job="job-7")  # warm the page cache once
+            lists = timed(lambda: client.list_runs(namespace=NAMESPACE, job="job-7"), 200)
+            ids = [random.randint(1, runs) for _ in range(200)]
+            inspects = [timed(lambda i=i: client.get_run(i), 1)[0] for i in ids]
+            cli = [RINGJOBS, "run", "list", "-n", NAMESPACE, "--job", "job-7"]
+            cli_walls = timed(lambda: subprocess.run(cli, env=daemon.env, capture_output=True), 10)
+            idle = measure_idle(daemon, Path(tmp), idle_seconds)
+            before = db_bytes(database)
+            prober = Prober(daemon.socket_path, runs)
+            prober.start()
+            start = time.perf_counter()
+            age = int((datetime.now(UTC) - cut).total_seconds())
+            result = client.prune_namespace(NAMESPACE, older_than=f"{age}s")
+            pruned_in = time.perf_counter() - start
+            prober.stop.set()
+            prober.join()
+            after = db_bytes(database)
+    removed = len(result.get("run_ids") or [])
+    header(
+        f"History: {runs:,} runs, {runs * lines_per_run:,} log lines "
+        f"(fixture built in {built:.0f} s)",
+        "",
+        "p50",
+        "p95",
+        "target",
+    )
+    row(
+        "API `run list -n NS --job J` (first page)",
+        ms(percentile(lists, 0.5)),
+        ms(percentile(lists, 0.95)),
+        "p95 < 20 ms",
+    )
+    row(
+        "API `run inspect ID`",
+        ms(percentile(inspects, 0.5)),
+        ms(percentile(inspects, 0.95)),
+        "p95 < 20 ms",
+    )
+    row(
+        "CLI `ringjobs run list -n NS --job J`, wall",
+        ms(percentile(cli_walls, 0.5)),
+        ms(percentile(cli_walls, 0.95)),
+        "< 150 ms",
+    )
+    header("Prune", "", "ringjobs", "target")
+    row(f"`namespace prune --older-than` of {removed:,} runs", f"{pruned_in:.1f} s", "< 10 s")
+    row("longest API call during the prune", ms(max(prober.samples or [0.0])), "< 100 ms")
+    row(
+        "database + WAL before → after",
+        f"{before / 2**20:.0f} → {after / 2**20:.0f} MiB",
+        "shrinks",
+    )
+    header(f"Idle: {JOBS} scheduled jobs, {runs:,} runs of history", "", "ringjobs", "target")
+    row("daemon RSS", mb(idle[0]), "< 60 MB")
+    row(f"daemon CPU over {idle_seconds:.0f} s idle", f"{idle[1] * 1000:.0f} ms", "≈ 0")
+
+
+def measure_idle(daemon: Daemon, workdir: Path, seconds: float) -> tuple[int, float]:
+    """Apply JOBS scheduled jobs, let the daemon settle, then watch it do nothing."""
+    manifest = {
+        "deployments": {
+            f"nightly-{j}": {
+                "name": f"nightly-{j}",
+                "namespace": NAMESPACE,
+                "runtime": "docker",
+                "kind": "job",
+                "image": IMAGE,
+                "command": ["true"],
+                "schedule": f"{j % 60} 3 * * *",
+            }
+            for j in range(JOBS)
+        }
+    }
+    path = workdir / "nightly.json"
+    path.write_text(json.dumps(manifest))
+    subprocess.run(
+        [RINGJOBS, "apply", "-f", str(path)], env=daemon.env, check=True, capture_output=True
+    )
+    time.sleep(2.0)
+    cpu = daemon.cpu_seconds()
+    time.sleep(seconds)
+    return status_kb(daemon.proc.pid, "VmRSS"), daemon.cpu_seconds() - cpu
+
+
+def clean_docker() -> None:
+    for label in (NAMESPACE, f"{NAMESPACE}-docker"):
+        ids = subprocess.run(
+            ["docker", "ps", "-aq", "--filter", f"label=io.ringjobs.namespace={label}"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()
+        if ids:
+            subprocess.run(["docker", "rm", "-f", *ids], capture_output=True, check=True)
+    subprocess.run(["docker", "network", "rm", f"ringjobs_{NAMESPACE}"], capture_output=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
+    parser.add_argument("--only", default="logs,history", help="logs and/or history")
+    args = parser.parse_args()
+    only = set(args.only.split(","))
+    print(f"ringjobs {revision()} — {machine()}")
+    print(f"started {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, load {os.getloadavg()[0]:.2f}")
+    try:
+        if "logs" in only:
+            bench_logs(64 * 2**20 if args.quick else 2**30, 1 if args.quick else 3)
+        if "history" in only:
+            if args.quick:
+                bench_history(20_000, 10, 5.0)
+            else:
+                bench_history(1_000_000, 10, 30.0)
+    finally:
+        clean_docker()
+
+
+if __name__ == "__main__":
+    main()
