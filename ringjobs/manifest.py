@@ -96,7 +96,7 @@ _EXTENSION_FIELDS = (
     "ipc",
 )
 _JOB_FIELDS = _RING_FIELDS + _EXTENSION_FIELDS
-_NAMESPACE_FIELDS = ("name", "environment", "network")
+_NAMESPACE_FIELDS = ("name", "environment", "network", "defaults")
 _VOLUME_FIELDS = ("type", "source", "destination", "driver", "permission")
 _SOURCE_KINDS = ("container", "compose", "label")
 
@@ -1353,10 +1353,13 @@ def _namespace_spec(key: object, value: object, at: _At) -> NamespaceSpec | None
         name = _dns_label(_key_text(key), at)
     environment = _opt(raw, "environment", at, _environment) or {}
     network = _opt(raw, "network", at, _one_of("namespace", "none"))
+    # Job defaults: the limits a job of the namespace gets unless it sets its own.
+    cpu, memory = _resource_pair(raw.get("defaults"), at.child("defaults"))
     if name is None:
         return None
+    fields = {"name": name, "environment": environment, "network": network}
     return _construct(
-        NamespaceSpec, {"name": name, "environment": environment, "network": network}, at
+        NamespaceSpec, {**fields, "default_cpu_nanos": cpu, "default_memory_bytes": memory}, at
     )
 
 

@@ -192,6 +192,9 @@ class NamespaceSpec(_Frozen):
         default_factory=dict
     )
     network: NetworkMode | None = None
+    # `defaults: {cpu, memory}`: limits for the namespace's jobs that set none themselves.
+    default_cpu_nanos: int | None = None
+    default_memory_bytes: int | None = None
 
 
 class Violation(_Frozen):

@@ -54,13 +54,15 @@ class PreparedAttempt:
     match: SourceMatch | None = None
     origins: dict[str, str] = field(default_factory=dict)
     namespace_network: str | None = None
+    namespace_limits: dict[str, int] = field(default_factory=dict)
 
     def container(
         self, spec: ContainerSpec, run: Run, policy: Policy
     ) -> tuple[ContainerSpec, list[str]]:
         """The spec with the namespace's network setting and what the source lends."""
         if run.spec.network == "namespace" and self.namespace_network == "none":
-            spec = _replace_network(spec, "none")
+            spec = dataclasses.replace(spec, network="none")
+        spec = _namespace_limits(spec, run, self.namespace_limits)
         if self.match is None or run.spec.source is None:
             return spec, []
         return borrow(
@@ -78,8 +80,15 @@ class PreparedAttempt:
         return spec.network == name or name in spec.extra_networks
 
 
-def _replace_network(spec: ContainerSpec, network: str) -> ContainerSpec:
-    return dataclasses.replace(spec, network=network)
+def _namespace_limits(spec: ContainerSpec, run: Run, limits: dict[str, int]) -> ContainerSpec:
+    """Namespace defaults sit between the job's own limits and the daemon's defaults."""
+    own = run.spec.resources
+    update: dict[str, int] = {}
+    if own.memory_limit_bytes is None and limits.get("default_memory_bytes"):
+        update["memory_bytes"] = limits["default_memory_bytes"]
+    if own.cpu_limit_nanos is None and limits.get("default_cpu_nanos"):
+        update["cpu_nanos"] = limits["default_cpu_nanos"]
+    return dataclasses.replace(spec, **update) if update else spec  # type: ignore[arg-type]
 
 
 async def prepare_attempt(
@@ -103,6 +112,11 @@ async def prepare_attempt(
     }
     prepared = PreparedAttempt(env, match=match, origins=origins)
     prepared.namespace_network = settings.get("network")
+    prepared.namespace_limits = {
+        key: int(settings[key])
+        for key in ("default_memory_bytes", "default_cpu_nanos")
+        if settings.get(key)
+    }
     if match is not None:
         prepared.image = await _source_image(runtime, match)
         await _record_source(store, run, attempt, match, origins)

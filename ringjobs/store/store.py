@@ -271,10 +271,7 @@ class Store:
 
     async def list_namespaces(self) -> list[dict[str, Any]]:
         rows = await self._fetchall(_q("list_namespaces"), {})
-        return [
-            {**dict(r), "environment": json.loads(r["environment"]).get("environment", {})}
-            for r in rows
-        ]
+        return [{**dict(r), **_namespace_view(json.loads(r["environment"]))} for r in rows]
 
     async def get_job(self, namespace: str, name: str) -> StoredJob | None:
         row = await self._fetchone(_q("get_job"), {"namespace": namespace, "name": name})
@@ -614,6 +611,18 @@ def run_from_row(row: aiosqlite.Row) -> Run:
     for key in ("created_at", "started_at", "finished_at"):
         data[key] = parse_time(data[key]) if data[key] else None
     return Run.model_validate(data)
+
+
+def _namespace_view(settings: dict[str, Any]) -> dict[str, Any]:
+    """The settings column as the API shows it: environment and job defaults."""
+    defaults = {
+        "memory_bytes": settings.get("default_memory_bytes"),
+        "cpu_nanos": settings.get("default_cpu_nanos"),
+    }
+    return {
+        "environment": settings.get("environment", {}),
+        "defaults": {k: v for k, v in defaults.items() if v is not None},
+    }
 
 
 def _job_from_row(row: aiosqlite.Row) -> StoredJob:

@@ -21,7 +21,15 @@ import pytest
 from ringjobs.config import Config, load_config
 from ringjobs.engine.engine import Engine
 from ringjobs.manifest import apply_overrides
-from ringjobs.models import JobSpec, LiveSource, NamespaceSpec, Run, SecretRef, Trigger
+from ringjobs.models import (
+    JobSpec,
+    LiveSource,
+    NamespaceSpec,
+    Resources,
+    Run,
+    SecretRef,
+    Trigger,
+)
 from ringjobs.runtime.docker import DockerRuntime
 from ringjobs.secrets import SecretBox
 from ringjobs.store import Store
@@ -330,3 +338,24 @@ async def test_a_missing_secret_is_a_config_error_naming_it(harness: Harness) ->
     assert (run.status, run.reason) == ("failed", "config_error")
     assert run.message is not None
     assert "absent-one" in run.message and "gone" in run.message
+
+
+async def test_namespace_network_none_and_limit_defaults_apply_to_its_jobs(
+    harness: Harness,
+) -> None:
+    await harness.set_namespace(network="none", default_memory_bytes=64 * 2**20)
+    plain = harness.spec("plain", ["true"], image=IMAGE, keep_container_seconds=60.0)
+    own = plain.model_copy(
+        update={"name": "own", "resources": Resources(memory_limit_bytes=32 * 2**20)}
+    )
+
+    runs = [await harness.run(plain), await harness.run(own)]
+
+    memory = []
+    for run in runs:
+        assert run.status == "completed", run.message
+        assert run.container_id is not None
+        data = json.loads(_docker("inspect", run.container_id))[0]
+        assert data["HostConfig"]["NetworkMode"] == "none"
+        memory.append(data["HostConfig"]["Memory"])
+    assert memory == [64 * 2**20, 32 * 2**20]  # the job's own limit wins over the namespace's

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from ringjobs.config import Policy
+from ringjobs.config import JobDefaults, Policy
 from ringjobs.engine.prepare import _source_image, layer_environment
 from ringjobs.engine.secretvault import secret_refs
 from ringjobs.engine.source import SourceMatch, SourceProblem, borrow, source_environment
-from ringjobs.exceptions import ConfigError
-from ringjobs.manifest import parse_source_selector
+from ringjobs.exceptions import ConfigError, ValidationFailed
+from ringjobs.manifest import ManifestSource, load_manifests, parse_source_selector
 from ringjobs.models import LiveSource, SecretRef, VolumeMount
 from ringjobs.runtime.base import ContainerSpec, ImageInfo, ImageNotFound, SourceContainer
 from ringjobs.secrets import (
@@ -231,3 +231,13 @@ async def test_a_source_whose_image_was_removed_is_a_clear_error() -> None:
     message = str(caught.value)
     assert "source container app" in message and "no longer on this host" in message
     assert "sha256:" + "1" * 64 in message
+
+
+def test_namespace_entries_take_job_defaults_and_reject_unknown_ones() -> None:
+    text = "namespaces: {prod: {defaults: {memory: 1Gi, cpu: 500m}, network: none}}"
+    [ns] = load_manifests([ManifestSource("m", text)], Policy(), JobDefaults()).namespaces
+
+    assert (ns.default_memory_bytes, ns.default_cpu_nanos, ns.network) == (2**30, 5 * 10**8, "none")
+    with pytest.raises(ValidationFailed, match=r"namespaces\.prod\.defaults\.timeout"):
+        bad = "namespaces: {prod: {defaults: {timeout: 5m}}}"
+        load_manifests([ManifestSource("m", bad)], Policy(), JobDefaults())
