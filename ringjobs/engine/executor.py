@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -26,7 +27,6 @@ from ringjobs.engine.metrics import EngineMetrics
 from ringjobs.engine.notify import Notifier
 from ringjobs.engine.outcome import classify_exit
 from ringjobs.engine.prepare import prepare_attempt
-from ringjobs.engine.secretvault import SecretVault
 from ringjobs.engine.source import SourceNotFound, SourceProblem
 from ringjobs.exceptions import EngineUnavailable
 from ringjobs.models import FailureReason, Run, RunStatus, StopIntent, utcnow
@@ -41,6 +41,9 @@ from ringjobs.runtime.base import (
     StartFailed,
 )
 from ringjobs.store import Store
+
+if TYPE_CHECKING:
+    from ringjobs.engine.secretvault import SecretVault
 
 log = structlog.get_logger(__name__)
 
@@ -70,7 +73,7 @@ class EngineContext:
     oom_seen: set[str] = field(default_factory=set)
     stop_requests: dict[int, asyncio.Event] = field(default_factory=dict)
     metrics: EngineMetrics = field(default_factory=EngineMetrics)
-    secrets: SecretVault | None = None  # None: secretRef runs fail with config_error
+    secrets: SecretVault | None = None  # None: runs with a secretRef fail with config_error
 
 
 _FAILURES: list[tuple[type[BaseException], FailureReason]] = [
@@ -158,8 +161,8 @@ class RunExecutor:
         self.run = run.model_copy(update={"status": RunStatus.STARTING, "attempt": self.attempt})
         self.ctx.notifier.notify(run.id)
         # Live source, namespace settings and secrets: resolved now, at container creation.
-        vault = self.ctx.secrets or SecretVault(self.ctx.store, None)
-        prepared = await prepare_attempt(self.ctx.store, self.ctx.runtime, vault, run, self.attempt)
+        ctx = self.ctx
+        prepared = await prepare_attempt(ctx.store, ctx.runtime, ctx.secrets, run, self.attempt)
         image = prepared.image or await self.ctx.runtime.resolve_image(
             run.spec.image or "", run.spec.image_pull_policy
         )

@@ -47,7 +47,7 @@ def layer_environment(
 
 @dataclass
 class PreparedAttempt:
-    """The environment and source of one attempt; `finish` adapts its container spec."""
+    """The environment and source of one attempt; `container` adapts its container spec."""
 
     env: dict[str, str]
     image: ImageInfo | None = None
@@ -92,7 +92,7 @@ def _namespace_limits(spec: ContainerSpec, run: Run, limits: dict[str, int]) -> 
 
 
 async def prepare_attempt(
-    store: Store, runtime: Runtime, vault: SecretVault, run: Run, attempt: int
+    store: Store, runtime: Runtime, vault: SecretVault | None, run: Run, attempt: int
 ) -> PreparedAttempt:
     """Find the source, layer the environment, open the secrets it references."""
     settings = await _namespace_settings(store, run.namespace)
@@ -106,6 +106,7 @@ async def prepare_attempt(
         layers.insert(0, ("source", source_environment(match.container)))
     merged, origins = layer_environment(layers)
     refs = secret_refs(merged)
+    vault = vault or SecretVault(store, None)  # without a key, a secretRef is a config_error
     values = await vault.reveal(run.namespace, set(refs.values())) if refs else {}
     env = {
         name: values[refs[name]] if name in refs else str(value) for name, value in merged.items()
