@@ -157,9 +157,22 @@ def test_secrets_reach_the_container_and_nowhere_else(
         assert secret not in daemon.log.read_text()
 
 
-def test_exec_from_needs_a_running_source_and_one_of_image_or_from(
+def test_bad_requests_are_clear_and_the_routes_are_documented(
     daemon: Daemon, namespace: str
 ) -> None:
+    bad_name = daemon.cli("secret", "create", "no/slash", "-n", namespace, "-v", "x")
+    assert bad_name.returncode == 1 and "invalid secret name" in bad_name.stderr
+    bad_ns = daemon.cli("secret", "create", "ok", "-n", "Not_A_Label", "-v", "x")
+    assert bad_ns.returncode == 1 and "invalid namespace" in bad_ns.stderr
+    gone = daemon.cli("secret", "delete", "absent", "-n", namespace)
+    assert gone.returncode == 4 and "does not exist" in gone.stderr
+    document = json.loads(_get(daemon, "/v1/openapi.json").partition("\r\n\r\n")[2])
+    assert {
+        "/v1/secrets",
+        "/v1/namespaces/{ns}/secrets",
+        "/v1/namespaces/{ns}/secrets/{name}",
+    } <= set(document["paths"])
+
     both = daemon.cli("exec", "-n", namespace, "--from", "x", "--image", IMAGE, "--", "true")
     assert both.returncode == 2 and "exactly one of" in both.stderr
 
