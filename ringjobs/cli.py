@@ -302,7 +302,13 @@ def _add_overrides(parser: argparse.ArgumentParser) -> None:
 def _exec_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-n", "--namespace", required=True, help="namespace of the run")
     parser.add_argument("--image", help="image to run")
-    parser.add_argument("--from", dest="source", metavar="SOURCE", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--from",
+        dest="source",
+        metavar="SOURCE",
+        help="borrow a running container's image and environment: NAME, "
+        "compose:PROJECT/SERVICE or label:KEY=VALUE",
+    )
     parser.add_argument(
         "--env",
         action="append",
@@ -363,6 +369,29 @@ def _prune_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--all", action="store_true", help="cancel and remove active runs too")
     parser.add_argument("--dry-run", action="store_true", help="only say what would go")
     _add_output(parser)
+
+
+def _secret_create_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("name", metavar="NAME")
+    parser.add_argument("-n", "--namespace", required=True, help="namespace of the secret")
+    parser.add_argument(
+        "-v", "--value", help="the value (visible in shell history; prefer stdin or a file)"
+    )
+    parser.add_argument("--from-file", metavar="FILE", help="read the value from FILE")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing value")
+
+
+def _secret_list_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-n", "--namespace", help="only this namespace")
+    _add_output(parser)
+
+
+def _secret_delete_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("name", metavar="NAME")
+    parser.add_argument("-n", "--namespace", required=True, help="namespace of the secret")
+    parser.add_argument(
+        "--force", action="store_true", help="delete even if jobs or runs still refer to it"
+    )
 
 
 def _daemon_arguments(parser: argparse.ArgumentParser) -> None:
@@ -484,18 +513,22 @@ def cmd_run_rerun(args: argparse.Namespace) -> int:
 
 
 def cmd_exec(args: argparse.Namespace) -> int:
-    if args.source:
+    if bool(args.source) == bool(args.image):
         raise CommandFailed(
-            "exec --from (a live source) is not supported yet; use --image", exitcodes.USAGE
+            "exec needs exactly one of --image IMAGE or --from SOURCE "
+            "(NAME, compose:PROJECT/SERVICE or label:KEY=VALUE)",
+            exitcodes.USAGE,
         )
-    if not args.image:
-        raise CommandFailed("exec needs --image IMAGE", exitcodes.USAGE)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         raise CommandFailed(
             "exec needs a command after --, e.g. -- sh -c 'echo hi'", exitcodes.USAGE
         )
-    request: JSON = {"namespace": args.namespace, "image": args.image, "command": command}
+    request: JSON = {"namespace": args.namespace, "command": command}
+    if args.image:
+        request["image"] = args.image
+    else:
+        request["from"] = args.source  # the daemon parses the selector, for API users too
     if args.env:
         request["environment"] = _env_pairs(args.env)
     if args.timeout:
@@ -602,9 +635,78 @@ def cmd_namespace_list(args: argparse.Namespace) -> int:
     if args.output == "json":
         _print_json(result)
         return exitcodes.OK
-    keys = ("name", "jobs", "runs", "active_runs", "network")
-    rows = [[namespace.get(key) for key in keys] for namespace in result.get("namespaces", [])]
-    _print_table(("NAME", "JOBS", "RUNS", "ACTIVE", "NETWORK"), rows)
+    keys = ("name", "jobs", "runs", "active_runs", "network", "secrets")
+    rows = [
+        [namespace.get(key) for key in keys] + [_environment_cell(namespace.get("environment"))]
+        for namespace in result.get("namespaces", [])
+    ]
+    _print_table(("NAME", "JOBS", "RUNS", "ACTIVE", "NETWORK", "SECRETS", "ENVIRONMENT"), rows)
+    return exitcodes.OK
+
+
+def _environment_cell(environment: object) -> str:
+    """NAME=value pairs as the API gives them (secret references are already redacted)."""
+    if not isinstance(environment, dict):
+        return ""
+    return " ".join(f"{name}={value}" for name, value in environment.items())
+
+
+def cmd_secret_create(args: argparse.Namespace) -> int:
+    value = _secret_value(args)
+    result = _client(args).create_secret(args.namespace, args.name, value, args.overwrite)
+    print(f"secret {args.namespace}/{args.name} {result.get('action') or 'created'}")
+    return exitcodes.OK
+
+
+def _secret_value(args: argparse.Namespace) -> str:
+    """From -v, --from-file or stdin; one trailing newline is dropped, as `$(cat f)` would."""
+    if args.value is not None and args.from_file:
+        raise CommandFailed("give the value with -v or --from-file, not both", exitcodes.USAGE)
+    if args.value is not None:
+        return str(args.value)
+    if args.from_file:
+        try:
+            with open(args.from_file, "rb") as handle:
+                data = handle.read()
+        except OSError as exc:
+            raise CommandFailed(f"cannot read {args.from_file}: {exc.strerror}") from None
+    elif sys.stdin.isatty():
+        import getpass
+
+        data = getpass.getpass(f"value of secret {args.name}: ").encode()
+    else:
+        data = sys.stdin.buffer.read()
+    try:
+        text = data.decode()
+    except UnicodeDecodeError:
+        raise CommandFailed("the secret value is not UTF-8 text") from None
+    return text[:-2] if text.endswith("\r\n") else text[:-1] if text.endswith("\n") else text
+
+
+def cmd_secret_list(args: argparse.Namespace) -> int:
+    result = _client(args).list_secrets(args.namespace)
+    if args.output == "json":
+        _print_json(result)
+        return exitcodes.OK
+    rows = [
+        [
+            row.get("namespace"),
+            row.get("name"),
+            _local_time(row.get("updated_at")),
+            ", ".join(row.get("referenced_by") or []),
+        ]
+        for row in result.get("secrets", [])
+    ]
+    _print_table(("NAMESPACE", "NAME", "UPDATED", "REFERENCED BY"), rows)
+    return exitcodes.OK
+
+
+def cmd_secret_delete(args: argparse.Namespace) -> int:
+    result = _client(args).delete_secret(args.namespace, args.name, args.force)
+    print(f"secret {result.get('deleted') or args.name} deleted")
+    refs = result.get("referenced_by") or []
+    if refs:
+        print(f"warning: still referenced by {', '.join(refs)}", file=sys.stderr)
     return exitcodes.OK
 
 
@@ -1055,16 +1157,18 @@ def _format_seconds(seconds: float) -> str:
 
 # -- command table ---------------------------------------------------------------------
 
-_TOP_LEVEL = ("apply", "job", "run", "logs", "exec", "namespace", "daemon", "doctor")
+_TOP_LEVEL = ("apply", "job", "run", "logs", "exec", "namespace", "secret", "daemon", "doctor")
 _GROUPS = {
     "job": "list, inspect, run and delete jobs",
     "run": "list, inspect, wait for, cancel and follow runs",
     "namespace": "list and prune namespaces",
+    "secret": "create, list and delete encrypted namespace secrets",
 }
 _GROUP_LEAVES = {
     "job": ("list", "inspect", "delete", "run"),
     "run": ("list", "inspect", "wait", "cancel", "rerun", "events"),
     "namespace": ("list", "prune"),
+    "secret": ("create", "list", "delete"),
 }
 _LEAVES: dict[str, tuple[str, Handler, ArgumentAdder]] = {
     "apply": ("create or update jobs from manifests", cmd_apply, _apply_arguments),
@@ -1082,6 +1186,13 @@ _LEAVES: dict[str, tuple[str, Handler, ArgumentAdder]] = {
     "logs": ("print a run's logs", cmd_logs, _logs_arguments),
     "namespace list": ("list namespaces", cmd_namespace_list, _add_output),
     "namespace prune": ("remove finished runs", cmd_namespace_prune, _prune_arguments),
+    "secret create": (
+        "store a secret (value from stdin, --from-file or -v)",
+        cmd_secret_create,
+        _secret_create_arguments,
+    ),
+    "secret list": ("list secrets (names only)", cmd_secret_list, _secret_list_arguments),
+    "secret delete": ("delete a secret", cmd_secret_delete, _secret_delete_arguments),
     "daemon": ("run the daemon in the foreground", cmd_daemon, _daemon_arguments),
     "doctor": ("check the socket, daemon, Docker, database", cmd_doctor, _no_arguments),
 }

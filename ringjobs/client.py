@@ -355,6 +355,17 @@ class Client:
             body["older_than"] = older_than
         return self._json("POST", path, body=body)
 
+    def create_secret(self, namespace: str, name: str, value: str, overwrite: bool) -> JSON:
+        body = {"name": name, "value": value, "overwrite": overwrite}
+        return self._json("POST", f"/v1/namespaces/{_quote(namespace)}/secrets", body=body)
+
+    def list_secrets(self, namespace: str | None = None) -> JSON:
+        return self._json("GET", "/v1/secrets", query={"namespace": namespace})
+
+    def delete_secret(self, namespace: str, name: str, force: bool = False) -> JSON:
+        path = f"/v1/namespaces/{_quote(namespace)}/secrets/{_quote(name)}"
+        return self._json("DELETE", path, query={"force": force})
+
     def wait_until_terminal(
         self, run_id: int, on_reconnect: Callable[[ClientError], None] | None = None
     ) -> JSON:

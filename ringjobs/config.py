@@ -128,6 +128,15 @@ class Policy(_Section):
         return [os.path.normpath(p) for p in value]
 
 
+class SecretSettings(_Section):
+    """Where the key that encrypts secrets lives (RINGJOBS_SECRET_KEY overrides it)."""
+
+    key_file: Path | None = None
+
+    def key_path(self, database: Path) -> Path:
+        return self.key_file or database.parent / "secret.key"
+
+
 class Config(_Section):
     """The whole daemon configuration; see config.example.yaml for every key."""
 
@@ -141,6 +150,7 @@ class Config(_Section):
     defaults: JobDefaults = Field(default_factory=JobDefaults)
     logs: LogSettings = Field(default_factory=LogSettings)
     policy: Policy = Field(default_factory=Policy)
+    secrets: SecretSettings = Field(default_factory=SecretSettings)
 
 
 _ENV_KEYS = {

@@ -27,6 +27,7 @@ from ringjobs.engine.engine import Engine
 from ringjobs.exceptions import ConfigError, DaemonAlreadyRunning, RingjobsError
 from ringjobs.logs import configure_logging
 from ringjobs.runtime.docker import DockerRuntime
+from ringjobs.secrets import load_secret_box
 from ringjobs.store import Store
 
 log = structlog.get_logger(__name__)
@@ -103,9 +104,10 @@ class Daemon:
         self.lock.acquire()
         self.database_lock.acquire()
         self._claim_socket_path()
+        box = load_secret_box(self.config.secrets.key_path(self.config.database))
         await self.store.open()
         self.runtime = DockerRuntime(self.config.docker_host, self.config.max_concurrent_runs)
-        self.engine = Engine(self.store, self.runtime, self.config)
+        self.engine = Engine(self.store, self.runtime, self.config, box)
         await self.engine.start()
         self.runner = web.AppRunner(
             create_app(self.engine), handle_signals=False, shutdown_timeout=_SHUTDOWN_TIMEOUT

@@ -96,7 +96,7 @@ _EXTENSION_FIELDS = (
     "ipc",
 )
 _JOB_FIELDS = _RING_FIELDS + _EXTENSION_FIELDS
-_NAMESPACE_FIELDS = ("name", "environment", "network")
+_NAMESPACE_FIELDS = ("name", "environment", "network", "defaults")
 _VOLUME_FIELDS = ("type", "source", "destination", "driver", "permission")
 _SOURCE_KINDS = ("container", "compose", "label")
 
@@ -739,7 +739,7 @@ def _live_source(value: object, at: _At) -> LiveSource | None:
         at.fail(f"give exactly one of container, compose or label{given}", "invalid_value")
         return None
     kind = chosen[0]
-    fields: dict[str, Any] = {"mounts": _opt(raw, "mounts", at, _bool) or False}
+    fields: dict[str, Any] = {"mounts": _opt(raw, "mounts", at, _source_mounts) or "none"}
     if kind == "container":
         fields["container"] = _nonempty(raw[kind], at.child(kind))
     elif kind == "label":
@@ -749,6 +749,19 @@ def _live_source(value: object, at: _At) -> LiveSource | None:
     if any(value is None for value in fields.values()):
         return None
     return _construct(LiveSource, fields, at)
+
+
+def _source_mounts(value: object, at: _At) -> str | None:
+    if isinstance(value, bool):
+        return "ro" if value else "none"
+    if value in ("ro", "rw"):
+        return str(value)
+    at.fail(
+        f"invalid mounts {_show(value)} (true or ro: the source's mounts read-only; "
+        "rw: writable; false: none)",
+        "invalid_value",
+    )
+    return None
 
 
 def _compose(value: object, at: _At) -> dict[str, Any]:
@@ -1340,21 +1353,26 @@ def _namespace_spec(key: object, value: object, at: _At) -> NamespaceSpec | None
         name = _dns_label(_key_text(key), at)
     environment = _opt(raw, "environment", at, _environment) or {}
     network = _opt(raw, "network", at, _one_of("namespace", "none"))
+    # Job defaults: the limits a job of the namespace gets unless it sets its own.
+    cpu, memory = _resource_pair(raw.get("defaults"), at.child("defaults"))
     if name is None:
         return None
+    fields = {"name": name, "environment": environment, "network": network}
     return _construct(
-        NamespaceSpec, {"name": name, "environment": environment, "network": network}, at
+        NamespaceSpec, {**fields, "default_cpu_nanos": cpu, "default_memory_bytes": memory}, at
     )
 
 
 EXEC_JOB_NAME = "exec"
-_EXEC_FIELDS = ("namespace", "image", "command", "environment", "timeout", "network")
+_EXEC_FIELDS = ("namespace", "image", "from", "command", "environment", "timeout", "network")
 
 
 def exec_spec(body: dict[str, Any], policy: Policy, defaults: JobDefaults) -> JobSpec:
     """The JobSpec of `ringjobs exec`: its fields checked exactly like a manifest entry's."""
     unknown = sorted(str(k) for k in body if k not in _EXEC_FIELDS)
     entry = {k: body[k] for k in _EXEC_FIELDS if k in body}
+    if isinstance(entry.get("from"), str):
+        entry["from"] = parse_source_selector(entry["from"])
     entry.update({"name": EXEC_JOB_NAME, "kind": "job"})
     text = json.dumps({"deployments": {"exec": entry}}, default=str)
     try:
@@ -1376,6 +1394,19 @@ def exec_spec(body: dict[str, Any], policy: Policy, defaults: JobDefaults) -> Jo
             title="invalid exec request",
         )
     return loaded.jobs[0]
+
+
+def parse_source_selector(text: str) -> dict[str, Any]:
+    """`exec --from`: NAME or container:NAME, compose:PROJECT/SERVICE, label:KEY=VALUE."""
+    kind, sep, rest = text.partition(":")
+    if sep and kind == "compose":
+        project, _, service = rest.partition("/")
+        return {"compose": {"project": project, "service": service or None}}
+    if sep and kind == "label":
+        return {"label": rest}
+    if sep and kind == "container":
+        return {"container": rest}
+    return {"container": text}
 
 
 def _exec_violation(violation: Violation) -> Violation:
@@ -1435,3 +1466,11 @@ def _override_violation(violation: Violation) -> Violation:
     path = violation.path.removeprefix("deployments.run.")
     path = {"environment": "env"}.get(path.split(".")[0], path.split(".")[0])
     return Violation(path=f"overrides.{path}", message=violation.message, code=violation.code)
+
+
+def bind_mount_problems(source: str, policy: Policy) -> list[str]:
+    """Why `policy` forbids binding host path `source` (empty if allowed): the check a
+    manifest's bind mounts get at apply time, for mounts copied from a live source."""
+    violations: list[Violation] = []
+    _check_bind(source, _At(violations, ""), _make_context(policy, JobDefaults(), False))
+    return [v.message for v in violations]

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class RunStatus(StrEnum):
@@ -108,7 +108,23 @@ class LiveSource(_Frozen):
     compose_project: str | None = None
     compose_service: str | None = None
     label: str | None = None
-    mounts: bool = False
+    # Copy the source's bind mounts and volumes: "ro" (read-only) or "rw"; "none" skips.
+    mounts: Literal["none", "ro", "rw"] = "none"
+
+    @field_validator("mounts", mode="before")
+    @classmethod
+    def _mounts(cls, value: object) -> object:
+        if isinstance(value, bool):  # `mounts: true` means read-only
+            return "ro" if value else "none"
+        return value
+
+    def describe(self) -> str:
+        """The selector as users write it on `exec --from`."""
+        if self.container is not None:
+            return f"container:{self.container}"
+        if self.label is not None:
+            return f"label:{self.label}"
+        return f"compose:{self.compose_project}/{self.compose_service}"
 
 
 ImagePullPolicy = Literal["Always", "IfNotPresent", "Never"]
@@ -176,6 +192,9 @@ class NamespaceSpec(_Frozen):
         default_factory=dict
     )
     network: NetworkMode | None = None
+    # `defaults: {cpu, memory}`: limits for the namespace's jobs that set none themselves.
+    default_cpu_nanos: int | None = None
+    default_memory_bytes: int | None = None
 
 
 class Violation(_Frozen):

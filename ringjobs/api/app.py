@@ -16,6 +16,7 @@ from ringjobs import __version__
 from ringjobs.api.metrics import metrics_handler
 from ringjobs.api.openapi import openapi_document
 from ringjobs.api.problems import problem_middleware
+from ringjobs.api.secrets import secret_routes
 from ringjobs.engine.engine import Engine
 from ringjobs.exceptions import BadRequest, NotFound, StoreUnavailable
 from ringjobs.manifest import ManifestSource, apply_overrides, exec_spec, load_manifests
@@ -55,6 +56,7 @@ def create_app(engine: Engine) -> web.Application:
         web.get("/v1/runs/{id}/events", run_events),
         web.get("/v1/namespaces", list_namespaces),
         web.post("/v1/namespaces/{ns}/prune", prune_namespace),
+        *secret_routes(),
         web.get("/metrics", metrics_handler(engine)),
     ]
     app.add_routes(routes)
@@ -313,6 +315,9 @@ async def get_run(request: web.Request) -> web.Response:
             }
             for child in await engine.store.child_runs(run.id)
         ]
+
+    sources = await engine.store.run_sources(run.id)  # live source of each attempt, if any
+    view["source"] = sources[-1] if sources else None
     return _json(view)
 
 
@@ -464,9 +469,11 @@ async def _require_run(engine: Engine, raw_id: str) -> Run:
 
 
 async def list_namespaces(request: web.Request) -> web.Response:
-    rows = await _engine(request).store.list_namespaces()
+    store = _engine(request).store
+    rows, secrets = await store.list_namespaces(), await store.secret_counts()
     for row in rows:
         row["environment"] = {k: _redact(v) for k, v in row["environment"].items()}
+        row["secrets"] = secrets.get(row["name"], 0)
     return _json({"namespaces": rows})
 
 
@@ -505,8 +512,8 @@ def _older_than(raw: object) -> datetime | None:
 
 
 def _redact(value: Any) -> Any:
-    if isinstance(value, dict) and "secretRef" in value:
-        return f"<secret {value['secretRef']}>"
+    if isinstance(value, dict):  # a secret reference: stored as secret_ref, written secretRef
+        return f"<secret {value.get('secretRef', value.get('secret_ref'))}>"
     return value
 
 

@@ -136,6 +136,35 @@ def _paths() -> dict[str, Any]:
             )
         },
         "/v1/namespaces": {"get": _op("List namespaces", _answer(_OBJECT))},
+        "/v1/secrets": {
+            "get": _op(
+                "List secrets: names, times and references, never values",
+                _answer(_OBJECT),
+                parameters=[_param("namespace")],
+            )
+        },
+        "/v1/namespaces/{ns}/secrets": {
+            "post": {
+                "summary": "Create (or with overwrite, replace) an encrypted secret",
+                "parameters": [_param("ns", where="path")],
+                "requestBody": {**body, "required": True},
+                "responses": {
+                    "201": _answer(_OBJECT),
+                    "200": _answer(_OBJECT),
+                    **_errors(400, 409, 422),
+                },
+            }
+        },
+        "/v1/namespaces/{ns}/secrets/{name}": {
+            "delete": _op(
+                "Delete a secret; refused while referenced unless force",
+                _answer(_OBJECT),
+                400,
+                404,
+                409,
+                parameters=[*_NS_NAME, _param("force")],
+            )
+        },
         "/v1/namespaces/{ns}/prune": {
             "post": _op(
                 "Remove finished runs with their logs, events and containers",

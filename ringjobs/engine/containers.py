@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ringjobs.config import Config
-from ringjobs.models import JobSpec, Run, SecretRef
+from ringjobs.models import JobSpec, Run
 from ringjobs.runtime.base import (
     LABEL_ATTEMPT,
     LABEL_INSTANCE,
@@ -35,37 +35,6 @@ def managed_labels(run: Run, attempt: int, instance: str) -> dict[str, str]:
     }
 
 
-def resolve_environment(
-    spec: JobSpec, namespace_env: dict[str, str | dict[str, str]]
-) -> dict[str, str]:
-    """Namespace environment, then the job's own on top. Secrets are refused for now."""
-    merged: dict[str, object] = {**namespace_env, **spec.environment}
-    env: dict[str, str] = {}
-    missing = []
-    for name, value in merged.items():
-        if isinstance(value, SecretRef | dict):
-            ref = value.secret_ref if isinstance(value, SecretRef) else value.get("secretRef")
-            missing.append(f"{name} (secretRef {ref})")
-        else:
-            env[name] = str(value)
-    if missing:
-        raise ConfigProblem(
-            "secret not found: "
-            + ", ".join(missing)
-            + "; this daemon has no secret store yet, so pass the value in environment"
-        )
-    return env
-
-
-def check_supported(spec: JobSpec) -> None:
-    """Fields this daemon version stores but cannot run yet fail clearly, before any work."""
-    if spec.source is not None:
-        raise ConfigProblem(
-            "live sources (from:) are not supported by this daemon version yet; "
-            "give the job an image instead"
-        )
-
-
 def container_spec(
     run: Run,
     attempt: int,
@@ -75,7 +44,6 @@ def container_spec(
     instance: str,
 ) -> ContainerSpec:
     spec = run.spec
-    check_supported(spec)
     limits = spec.resources
     return ContainerSpec(
         name=f"ringjobs-{run.namespace}-{run.job}-{run.id}-{attempt}",
@@ -103,9 +71,9 @@ def container_spec(
     )
 
 
-def _network(spec: JobSpec) -> str:
+def _network(spec: JobSpec) -> str | None:
     if spec.network == "namespace":
         return network_name(spec.namespace)
     if spec.network == "source":
-        raise ConfigProblem("network: source needs a live source (from:), not supported yet")
+        return None  # only the live source's networks: set when the source lends them
     return spec.network

@@ -22,6 +22,7 @@ from ringjobs.engine.executor import EngineContext, RunExecutor
 from ringjobs.engine.fanout import FanOut
 from ringjobs.engine.logsink import LogSink
 from ringjobs.engine.notify import Notifier
+from ringjobs.engine.secretvault import SecretVault
 from ringjobs.exceptions import Conflict, EngineUnavailable, NotFound
 from ringjobs.models import JobSpec, Run, RunStatus, StopIntent, Trigger, utcnow
 from ringjobs.runtime.base import LABEL_RUN, ContainerState, Runtime
@@ -31,6 +32,7 @@ from ringjobs.units import parse_duration, parse_memory
 
 if TYPE_CHECKING:
     from ringjobs.manifest import LoadedManifests
+    from ringjobs.secrets import SecretBox
 
 log = structlog.get_logger(__name__)
 
@@ -53,7 +55,9 @@ class PruneResult:
 class Engine:
     """Owns the run queue, the executors and the runtime event listener."""
 
-    def __init__(self, store: Store, runtime: Runtime, config: Config) -> None:
+    def __init__(
+        self, store: Store, runtime: Runtime, config: Config, secrets: SecretBox | None = None
+    ) -> None:
         self.store = store
         self.runtime = runtime
         self.config = config
@@ -68,6 +72,7 @@ class Engine:
             on_flush=self.notifier.notify,
         )
         self.ctx = EngineContext(store, runtime, config, self.sink, self.notifier)
+        self.secrets = self.ctx.secrets = SecretVault(store, secrets)
         self._pending: deque[int] = deque()
         self._wakeup = asyncio.Event()
         self._job_of: dict[int, tuple[str, str]] = {}

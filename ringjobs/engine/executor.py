@@ -9,25 +9,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import structlog
 
 from ringjobs.config import Config
 from ringjobs.engine.containers import (
     ConfigProblem,
-    check_supported,
     container_spec,
     network_name,
-    resolve_environment,
 )
 from ringjobs.engine.lines import split_all, unseen_lines
 from ringjobs.engine.logsink import LogSink, RunLog
 from ringjobs.engine.metrics import EngineMetrics
 from ringjobs.engine.notify import Notifier
 from ringjobs.engine.outcome import classify_exit
+from ringjobs.engine.prepare import prepare_attempt
+from ringjobs.engine.source import SourceNotFound, SourceProblem
 from ringjobs.exceptions import EngineUnavailable
 from ringjobs.models import FailureReason, Run, RunStatus, StopIntent, utcnow
 from ringjobs.retry import backoff_delay, should_retry
@@ -41,6 +41,9 @@ from ringjobs.runtime.base import (
     StartFailed,
 )
 from ringjobs.store import Store
+
+if TYPE_CHECKING:
+    from ringjobs.engine.secretvault import SecretVault
 
 log = structlog.get_logger(__name__)
 
@@ -70,11 +73,14 @@ class EngineContext:
     oom_seen: set[str] = field(default_factory=set)
     stop_requests: dict[int, asyncio.Event] = field(default_factory=dict)
     metrics: EngineMetrics = field(default_factory=EngineMetrics)
+    secrets: SecretVault | None = None  # None: runs with a secretRef fail with config_error
 
 
 _FAILURES: list[tuple[type[BaseException], FailureReason]] = [
     (ImageNotFound, FailureReason.IMAGE_NOT_FOUND),
     (ConfigProblem, FailureReason.CONFIG_ERROR),
+    (SourceNotFound, FailureReason.SOURCE_NOT_FOUND),
+    (SourceProblem, FailureReason.CONFIG_ERROR),
     (StartFailed, FailureReason.START_ERROR),
     (ContainerNotFound, FailureReason.LOST),
     (EngineUnavailable, FailureReason.ENGINE_ERROR),
@@ -146,7 +152,7 @@ class RunExecutor:
         run = self.run
         claimed = await self.ctx.store.claim_pending(
             run.id,
-            ("starting", f"attempt {self.attempt}: resolving image {run.spec.image}"),
+            ("starting", f"attempt {self.attempt}: resolving image {_image_wanted(run)}"),
             RunStatus.STARTING,
             attempt=self.attempt,
         )
@@ -154,15 +160,19 @@ class RunExecutor:
             return  # cancelled while it waited for a slot
         self.run = run.model_copy(update={"status": RunStatus.STARTING, "attempt": self.attempt})
         self.ctx.notifier.notify(run.id)
-        check_supported(run.spec)
-        env = await self._environment()
-        image = await self.ctx.runtime.resolve_image(
+        # Live source, namespace settings and secrets: resolved now, at container creation.
+        ctx = self.ctx
+        prepared = await prepare_attempt(ctx.store, ctx.runtime, ctx.secrets, run, self.attempt)
+        image = prepared.image or await self.ctx.runtime.resolve_image(
             run.spec.image or "", run.spec.image_pull_policy
         )
         await self._transition(("image_resolved", f"{image.ref} is {image.id}"), image_id=image.id)
         instance = self.ctx.store.instance_id
-        cspec = container_spec(run, self.attempt, image, self.ctx.config, env, instance)
-        if run.spec.network == "namespace":
+        cspec = container_spec(run, self.attempt, image, self.ctx.config, prepared.env, instance)
+        cspec, warnings = prepared.container(cspec, run, self.ctx.config.policy)
+        for warning in warnings:
+            await self.ctx.store.add_event(run.id, "warning", warning)
+        if prepared.needs_namespace_network(cspec, run):
             await self.ctx.runtime.ensure_network(
                 network_name(run.namespace), {LABEL_MANAGED: "true"}
             )
@@ -188,11 +198,6 @@ class RunExecutor:
         exit_code = await self._wait_with_deadline()
         await self._drain(pump)
         await self._finalize(exit_code)
-
-    async def _environment(self) -> dict[str, str]:
-        ns = await self.ctx.store.get_namespace(self.run.namespace)
-        settings = json.loads(ns["environment"]) if ns else {}
-        return resolve_environment(self.run.spec, settings.get("environment") or {})
 
     async def _start(self, pump: asyncio.Task[None]) -> None:
         assert self.container_id is not None
@@ -432,3 +437,8 @@ class RunExecutor:
         self.ctx.notifier.notify(self.run.id)
         if self.run.status.is_terminal and "status" in fields and self.run.parent_id is None:
             self.ctx.metrics.run_finished(self.run.namespace, self.run.status, self.run.reason)
+
+
+def _image_wanted(run: Run) -> str:
+    source = run.spec.source
+    return run.spec.image or (f"of source {source.describe()}" if source else "")

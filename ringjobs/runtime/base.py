@@ -66,6 +66,24 @@ class ContainerSpec:
     log_max_size: str = "10m"
     log_max_file: int = 2
     stop_grace_seconds: float = 10.0
+    extra_networks: list[str] = field(default_factory=list)  # joined after create, before start
+
+
+@dataclass(frozen=True)
+class SourceContainer:
+    """A running container a job borrows from (SPEC 7), as the runtime reports it."""
+
+    id: str
+    name: str
+    image_id: str
+    image: str  # the reference it was started from
+    created: str
+    environment: list[str]  # NAME=value, as the runtime keeps them
+    working_dir: str
+    user: str
+    network_mode: str
+    networks: list[str]
+    mounts: list[VolumeMount]
 
 
 @dataclass(frozen=True)
@@ -137,6 +155,17 @@ class Runtime(Protocol):
 
     def events(self) -> AsyncIterator[RuntimeEvent]:
         """Container events of managed containers, reconnecting as needed."""
+        ...
+
+    async def find_running(
+        self, name: str | None = None, labels: tuple[str, ...] = ()
+    ) -> list[SourceContainer]:
+        """Running containers not managed by ringjobs, by exact name or carrying every
+        `key=value` label; newest first."""
+        ...
+
+    async def running_names(self) -> list[str]:
+        """Names of every running container not managed by ringjobs (for error messages)."""
         ...
 
     async def close(self) -> None: ...

@@ -26,6 +26,7 @@ from docker.types import LogConfig, Mount
 from docker.utils.socket import frames_iter
 
 from ringjobs.exceptions import EngineUnavailable
+from ringjobs.models import VolumeMount
 from ringjobs.runtime.base import (
     LABEL_INSTANCE,
     LABEL_MANAGED,
@@ -36,6 +37,7 @@ from ringjobs.runtime.base import (
     ImageNotFound,
     OutputChunk,
     RuntimeEvent,
+    SourceContainer,
     StartFailed,
 )
 
@@ -188,7 +190,50 @@ class DockerRuntime:
             raise ImageNotFound(f'image "{spec.image}" disappeared: {_explain(exc)}') from exc
         except docker.errors.APIError as exc:
             raise StartFailed(f"Docker refused to create the container: {_explain(exc)}") from exc
+        await self._join_networks(str(container.id), spec.extra_networks)
         return str(container.id)
+
+    async def _join_networks(self, container_id: str, networks: list[str]) -> None:
+        # The engine API this targets takes one network at create; the rest join before start.
+        for network in networks:
+            try:
+                await self._call(self._api.connect_container_to_network, container_id, network)
+            except docker.errors.APIError as exc:
+                await self.remove(container_id)
+                raise StartFailed(f"cannot join network {network}: {_explain(exc)}") from exc
+
+    async def find_running(
+        self, name: str | None = None, labels: tuple[str, ...] = ()
+    ) -> list[SourceContainer]:
+        if name is not None:
+            try:
+                data = await self._call(self._api.inspect_container, name)
+            except docker.errors.NotFound:
+                return []
+            found = [data]
+        else:
+            filters = {"label": list(labels), "status": "running"}
+            rows = await self._call(self._api.containers, filters=filters)
+            found = []
+            for row in rows:
+                with contextlib.suppress(docker.errors.NotFound):  # gone meanwhile
+                    found.append(await self._call(self._api.inspect_container, row["Id"]))
+        sources = [
+            _source_from_inspect(d)
+            for d in found
+            if (d.get("State") or {}).get("Running") and not _is_managed(d)
+        ]
+        return sorted(sources, key=lambda s: s.created, reverse=True)
+
+    async def running_names(self) -> list[str]:
+        rows = await self._call(self._api.containers, filters={"status": "running"})
+        names = [
+            str(name).lstrip("/")
+            for row in rows
+            if (row.get("Labels") or {}).get(LABEL_MANAGED) != "true"
+            for name in (row.get("Names") or [])[:1]
+        ]
+        return sorted(names)
 
     async def attach(self, container_id: str) -> AsyncIterator[OutputChunk]:
         """Open the attach socket now (before start) and return its reader."""
@@ -394,6 +439,43 @@ def _mount(volume: Any) -> Mount:
         source=volume.source,
         type=volume.type,
         read_only=volume.read_only,
+    )
+
+
+def _is_managed(data: dict[str, Any]) -> bool:
+    return ((data.get("Config") or {}).get("Labels") or {}).get(LABEL_MANAGED) == "true"
+
+
+def _source_from_inspect(data: dict[str, Any]) -> SourceContainer:
+    config = data.get("Config") or {}
+    host = data.get("HostConfig") or {}
+    networks = (data.get("NetworkSettings") or {}).get("Networks") or {}
+    return SourceContainer(
+        id=str(data["Id"]),
+        name=str(data.get("Name") or "").lstrip("/"),
+        image_id=str(data.get("Image") or ""),
+        image=str(config.get("Image") or ""),
+        # RFC 3339 with nanoseconds, all UTC: sorts as text.
+        created=str(data.get("Created") or ""),
+        environment=list(config.get("Env") or []),
+        working_dir=str(config.get("WorkingDir") or ""),
+        user=str(config.get("User") or ""),
+        network_mode=str(host.get("NetworkMode") or ""),
+        networks=sorted(networks),
+        mounts=[m for raw in data.get("Mounts") or [] if (m := _source_mount(raw)) is not None],
+    )
+
+
+def _source_mount(raw: dict[str, Any]) -> VolumeMount | None:
+    kind = raw.get("Type")
+    source = raw.get("Source") if kind == "bind" else raw.get("Name")
+    if kind not in ("bind", "volume") or not source or not raw.get("Destination"):
+        return None  # tmpfs, npipe...: nothing to share
+    return VolumeMount(
+        type=kind,
+        source=str(source),
+        destination=str(raw["Destination"]),
+        read_only=not raw.get("RW", True),
     )
 
 

@@ -88,6 +88,15 @@ class LogRecord:
 
 
 @dataclass(frozen=True)
+class SealedSecret:
+    """A secret as stored: AES-GCM ciphertext, its nonce, and which key sealed it."""
+
+    key_id: str
+    nonce: bytes
+    ciphertext: bytes
+
+
+@dataclass(frozen=True)
 class StoredJob:
     spec: JobSpec
     revision: int
@@ -262,10 +271,7 @@ class Store:
 
     async def list_namespaces(self) -> list[dict[str, Any]]:
         rows = await self._fetchall(_q("list_namespaces"), {})
-        return [
-            {**dict(r), "environment": json.loads(r["environment"]).get("environment", {})}
-            for r in rows
-        ]
+        return [{**dict(r), **_namespace_view(json.loads(r["environment"]))} for r in rows]
 
     async def get_job(self, namespace: str, name: str) -> StoredJob | None:
         row = await self._fetchone(_q("get_job"), {"namespace": namespace, "name": name})
@@ -535,9 +541,73 @@ class Store:
                 lines += cur.rowcount
                 cur = await db.execute(f"DELETE FROM run_events WHERE run_id IN ({marks})", batch)
                 events += cur.rowcount
+                await db.execute(f"DELETE FROM run_sources WHERE run_id IN ({marks})", batch)
                 await db.execute(f"DELETE FROM runs WHERE id IN ({marks})", batch)
         await self._reclaim_space()
         return lines, events
+
+    # -- secrets and live sources ------------------------------------------------
+
+    async def put_secret(self, namespace: str, name: str, sealed: SealedSecret) -> bool:
+        """Store a sealed (encrypted) secret; returns whether it already existed."""
+        key = {"namespace": namespace, "name": name}
+        now = format_time(utcnow())
+        async with self._write() as db:
+            async with db.execute(_q("get_secret"), key) as cur:
+                existed = await cur.fetchone() is not None
+            await _upsert_namespace(db, namespace, None, now, False)
+            await db.execute(
+                _q("upsert_secret"),
+                {
+                    **key,
+                    "key_id": sealed.key_id,
+                    "nonce": sealed.nonce,
+                    "ciphertext": sealed.ciphertext,
+                    "now": now,
+                },
+            )
+        return existed
+
+    async def get_secret(self, namespace: str, name: str) -> SealedSecret | None:
+        row = await self._fetchone(_q("get_secret"), {"namespace": namespace, "name": name})
+        if row is None:
+            return None
+        return SealedSecret(row["key_id"], bytes(row["nonce"]), bytes(row["ciphertext"]))
+
+    async def list_secrets(self, namespace: str | None = None) -> list[dict[str, Any]]:
+        """Names and times only: the ciphertext never leaves the store this way."""
+        rows = await self._fetchall(_q("list_secrets"), {"namespace": namespace})
+        return [dict(r) for r in rows]
+
+    async def delete_secret(self, namespace: str, name: str) -> bool:
+        async with self._write() as db:
+            cur = await db.execute(_q("delete_secret"), {"namespace": namespace, "name": name})
+            return cur.rowcount == 1
+
+    async def secret_counts(self) -> dict[str, int]:
+        rows = await self._fetchall(_q("count_secrets"), {})
+        return {str(r["namespace"]): int(r["secrets"]) for r in rows}
+
+    async def record_run_source(self, run_id: int, attempt: int, record: dict[str, Any]) -> None:
+        """Which container an attempt borrowed from; `environment` maps names to origins."""
+        async with self._write() as db:
+            await db.execute(
+                _q("insert_run_source"),
+                {
+                    "run_id": run_id,
+                    "attempt": attempt,
+                    "selector": record["selector"],
+                    "container_id": record["container_id"],
+                    "container": record["container"],
+                    "image_id": record["image_id"],
+                    "environment": json.dumps(record["environment"]),
+                    "now": format_time(utcnow()),
+                },
+            )
+
+    async def run_sources(self, run_id: int) -> list[dict[str, Any]]:
+        rows = await self._fetchall(_q("run_sources"), {"run_id": run_id})
+        return [{**dict(r), "environment": json.loads(r["environment"])} for r in rows]
 
     async def _reclaim_space(self) -> None:
         if self._writer is None:
@@ -573,6 +643,18 @@ def run_from_row(row: aiosqlite.Row) -> Run:
     for key in ("created_at", "started_at", "finished_at"):
         data[key] = parse_time(data[key]) if data[key] else None
     return Run.model_validate(data)
+
+
+def _namespace_view(settings: dict[str, Any]) -> dict[str, Any]:
+    """The settings column as the API shows it: environment and job defaults."""
+    defaults = {
+        "memory_bytes": settings.get("default_memory_bytes"),
+        "cpu_nanos": settings.get("default_cpu_nanos"),
+    }
+    return {
+        "environment": settings.get("environment", {}),
+        "defaults": {k: v for k, v in defaults.items() if v is not None},
+    }
 
 
 def _job_from_row(row: aiosqlite.Row) -> StoredJob:

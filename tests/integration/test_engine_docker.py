@@ -335,16 +335,20 @@ async def test_restart_marks_a_removed_container_lost(namespace: str, tmp_path: 
     assert container_id[:12] in (run.message or "")
 
 
-async def test_unsupported_source_and_missing_secret_fail_as_config_errors(
+async def test_a_missing_source_or_secret_fails_before_any_container_exists(
     harness: Harness,
 ) -> None:
+    web = f"{harness.namespace}-web"  # no such container runs
     sourced = JobSpec(
-        namespace=harness.namespace, name="sourced", source={"container": "web"}, command=["true"]
+        namespace=harness.namespace, name="sourced", source={"container": web}, command=["true"]
     )
     secret = harness.spec("secret", ["true"], environment={"PW": {"secretRef": "db-password"}})
-    for spec, needle in ((sourced, "from:"), (secret, "db-password")):
+    for spec, reason, needle in (
+        (sourced, "source_not_found", f"container:{web}"),
+        (secret, "config_error", "db-password"),
+    ):
         run = await harness.run(spec)
-        assert (run.status, run.reason) == (RunStatus.FAILED, "config_error")
+        assert (run.status, run.reason) == (RunStatus.FAILED, reason)
         assert needle in (run.message or "")
     assert containers_of(harness.namespace) == []
 

@@ -792,7 +792,7 @@ async def test_prune_deletes_use_indexes(store: Store, monkeypatch: pytest.Monke
 
     # Planned after the deletes ran; the plan does not depend on the rows present.
     plans = await query_plans(store, monkeypatch, action, connection="_writer")
-    assert len(plans) == 3
+    assert len(plans) == 4  # log_lines, run_events, run_sources, runs
     for plan in plans:
         assert "SCAN" not in plan, plan
         assert "INDEX" in plan or "INTEGER PRIMARY KEY" in plan, plan

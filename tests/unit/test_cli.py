@@ -505,13 +505,15 @@ def test_job_inspect_prints_readable_lines(
 
 def test_namespace_list_and_prune(daemon: FakeDaemon, capsys: pytest.CaptureFixture[str]) -> None:
     namespaces = [{"name": "ci", "jobs": 2, "runs": 9, "active_runs": 0, "network": "ringjobs_ci"}]
+    namespaces[0] |= {"secrets": 1, "environment": {"TZ": "UTC", "DB": "<secret db>"}}
     daemon.route("GET", "/v1/namespaces", Answer({"namespaces": namespaces}))
     counts = {"log_lines_removed": 10, "events_removed": 6, "containers_removed": 0}
     pruned = {"namespace": "ci", "dry_run": True, "run_ids": [3, 4], "runs_removed": 2}
     pruned |= {**counts, "cancelled": 0}
     daemon.route("POST", "/v1/namespaces/ci/prune", Answer(pruned))
     assert ringjobs(daemon, "namespace", "list") == 0
-    assert capsys.readouterr().out.splitlines()[1].split() == ["ci", "2", "9", "0", "ringjobs_ci"]
+    row = capsys.readouterr().out.splitlines()[1].split()
+    assert row == ["ci", "2", "9", "0", "ringjobs_ci", "1", "TZ=UTC", "DB=<secret", "db>"]
     assert ringjobs(daemon, "namespace", "prune", "ci", "--dry-run") == 0
     assert capsys.readouterr().out.splitlines() == [
         "would remove 2 runs from ci: 3, 4",

@@ -129,3 +129,37 @@ SELECT * FROM runs WHERE parent_id = :parent_id ORDER BY completion_index;
 
 -- name: child_run_id
 SELECT id FROM runs WHERE parent_id = :parent_id AND completion_index = :completion_index;
+
+-- name: upsert_secret
+INSERT INTO secrets (namespace, name, key_id, nonce, ciphertext, created_at, updated_at)
+VALUES (:namespace, :name, :key_id, :nonce, :ciphertext, :now, :now)
+ON CONFLICT (namespace, name) DO UPDATE SET
+    key_id = excluded.key_id, nonce = excluded.nonce, ciphertext = excluded.ciphertext,
+    updated_at = excluded.updated_at;
+
+-- name: get_secret
+SELECT namespace, name, key_id, nonce, ciphertext, created_at, updated_at
+FROM secrets WHERE namespace = :namespace AND name = :name;
+
+-- name: list_secrets
+SELECT namespace, name, key_id, created_at, updated_at FROM secrets
+WHERE (:namespace IS NULL OR namespace = :namespace) ORDER BY namespace, name;
+
+-- name: delete_secret
+DELETE FROM secrets WHERE namespace = :namespace AND name = :name;
+
+-- name: count_secrets
+SELECT namespace, count(*) AS secrets FROM secrets GROUP BY namespace;
+
+-- name: insert_run_source
+INSERT INTO run_sources (run_id, attempt, selector, container_id, container, image_id,
+                         environment, created_at)
+VALUES (:run_id, :attempt, :selector, :container_id, :container, :image_id, :environment, :now)
+ON CONFLICT (run_id, attempt) DO UPDATE SET
+    selector = excluded.selector, container_id = excluded.container_id,
+    container = excluded.container, image_id = excluded.image_id,
+    environment = excluded.environment, created_at = excluded.created_at;
+
+-- name: run_sources
+SELECT attempt, selector, container_id, container, image_id, environment, created_at
+FROM run_sources WHERE run_id = :run_id ORDER BY attempt;
