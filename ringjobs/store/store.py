@@ -33,6 +33,7 @@ from ringjobs.models import (
     utcnow,
 )
 from ringjobs.store.queries import migrations, queries
+from ringjobs.store.schedules import ScheduledFire, claim_fire, link_fire
 
 # Columns a transition may set; anything else is a programming error.
 _RUN_COLUMNS = frozenset(
@@ -288,10 +289,14 @@ class Store:
         trigger: Trigger,
         caller_uid: int | None,
         refuse_if_active: bool = False,
+        fire: ScheduledFire | None = None,
     ) -> int:
         """Insert a pending run; with refuse_if_active, raise Conflict instead if the job has
-        an unfinished run. Check and insert share one transaction, so no race gets through."""
+        an unfinished run. Check and insert share one transaction, so no race gets through.
+        With a schedule fire, the fire is claimed in it too (FireAlreadyHandled if taken)."""
         async with self._write() as db:
+            if fire is not None:
+                await claim_fire(db, spec, fire)
             if refuse_if_active:
                 key = {"namespace": spec.namespace, "job": spec.name}
                 async with db.execute(_q("active_runs_of_job"), key) as cur:
@@ -303,7 +308,10 @@ class Store:
                         "concurrency_policy: Allow"
                     )
             await _upsert_namespace(db, spec.namespace, None, format_time(utcnow()), False)
-            return await _insert_run(db, spec, revision, trigger, caller_uid)
+            run_id = await _insert_run(db, spec, revision, trigger, caller_uid)
+            if fire is not None:
+                await link_fire(db, spec, fire, run_id)
+            return run_id
 
     async def get_run(self, run_id: int) -> Run | None:
         row = await self._fetchone(_q("get_run"), {"id": run_id})
@@ -482,12 +490,19 @@ class Store:
     # -- prune -------------------------------------------------------------------
 
     async def prunable_runs(
-        self, namespace: str, include_active: bool, older_than: datetime | None = None
+        self,
+        namespace: str,
+        include_active: bool,
+        older_than: datetime | None = None,
+        keep_last: int = 0,
+        statuses: Sequence[str] | None = None,
     ) -> list[dict[str, Any]]:
         params = {
             "namespace": namespace,
             "all": include_active,
             "older_than": format_time(older_than) if older_than else None,
+            "keep_last": keep_last,
+            "statuses": json.dumps(list(statuses)) if statuses else None,
         }
         rows = await self._fetchall(_q("prunable_runs"), params)
         return [dict(r) for r in rows]
