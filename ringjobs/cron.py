@@ -51,9 +51,9 @@ class DueFires:
         if self.count == 0 or self.oldest is None or self.newest is None:
             return "no fire"
         if self.count == 1:
-            return f"1 fire ({_show(self.newest)})"
+            return f"1 fire ({show_time(self.newest)})"
         more = "more than " if self.at_least else ""
-        return f"{more}{self.count} fires ({_show(self.oldest)} to {_show(self.newest)})"
+        return f"{more}{self.count} fires ({show_time(self.oldest)} to {show_time(self.newest)})"
 
 
 class CronSchedule:
@@ -104,5 +104,5 @@ class CronSchedule:
         raise CronError(f"schedule {self.expression!r} never fired")  # pragma: no cover
 
 
-def _show(moment: datetime) -> str:
+def show_time(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

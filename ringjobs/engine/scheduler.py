@@ -23,7 +23,7 @@ from typing import Any, Protocol
 
 import structlog
 
-from ringjobs.cron import CronError, CronSchedule, DueFires
+from ringjobs.cron import CronError, CronSchedule, DueFires, show_time
 from ringjobs.exceptions import Conflict, NotFound
 from ringjobs.models import JobSpec, Run, format_time, parse_time, utcnow
 from ringjobs.store import Store
@@ -119,6 +119,25 @@ async def load_schedules(store: Store, namespace: str | None = None) -> list[Sch
     return entries
 
 
+async def schedule_rows(store: Store, namespace: str | None = None) -> list[dict[str, Any]]:
+    """`schedule list`: each schedule, its next fire, its last scheduled run and fire."""
+    schedules = ScheduleStore(store)
+    rows = []
+    for entry in await load_schedules(store, namespace):
+        last = await schedules.last_scheduled_run(*entry.key)
+        fires = await schedules.fires(*entry.key, limit=1)
+        rows.append(
+            {
+                **entry.to_api(),
+                "last_run_id": last["id"] if last else None,
+                "last_status": last["status"] if last else None,
+                "last_run_at": last["created_at"] if last else None,
+                "last_fire": fires[0].to_api() if fires else None,
+            }
+        )
+    return rows
+
+
 def _state_time(state: ScheduleState | None, default: str) -> datetime:
     return state.changed_at if state else parse_time(default)
 
@@ -200,7 +219,7 @@ class Scheduler:
         if lateness > allowed:
             await self._missed(entry, window, lateness)
             return
-        message = f"schedule {spec.schedule!r} ({spec.time_zone}) fired at {format_time(fire_at)}"
+        message = f"schedule {spec.schedule!r} ({spec.time_zone}) fired at {show_time(fire_at)}"
         if window.count > 1 or lateness > ON_TIME:
             message += (
                 f"; catch-up run for {window.describe()} missed, "
@@ -227,7 +246,7 @@ class Scheduler:
         active = await self.store.active_run_ids(namespace, name)
         blocking = f"run {active[0]} is still active" if active else why
         message = (
-            f"schedule fire at {format_time(fire.fire_at)} skipped: {blocking} and "
+            f"schedule fire at {show_time(fire.fire_at)} skipped: {blocking} and "
             f"concurrency_policy is {entry.spec.concurrency_policy}"
         )
         skipped = ScheduledFire(fire.fire_at, message)

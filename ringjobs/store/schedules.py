@@ -184,3 +184,8 @@ class ScheduleStore:
         }
         rows = await self.store._fetchall(_q("excess_history"), params)
         return [int(r[0]) for r in rows]
+
+    async def last_scheduled_run(self, namespace: str, job: str) -> dict[str, Any] | None:
+        params = {"namespace": namespace, "job": job}
+        row = await self.store._fetchone(_q("last_scheduled_run"), params)
+        return dict(row) if row else None

@@ -123,13 +123,12 @@ class World:
         await self.store.update_run(run.id, status=RunStatus.COMPLETED)
 
 
-async def _backdate(store: Store, name: str, moment: datetime) -> None:
+async def _backdate(store: Store, name: str, moment: datetime, namespace: str = "ns") -> None:
     """Jobs are stamped with the wall clock when applied; the test's clock is elsewhere."""
-    assert store._writer is not None
     async with store._write() as db:
         await db.execute(
-            "UPDATE jobs SET updated_at = ? WHERE namespace = 'ns' AND name = ?",
-            (moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ"), name),
+            "UPDATE jobs SET updated_at = ? WHERE namespace = ? AND name = ?",
+            (moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ"), namespace, name),
         )
 
 
@@ -319,3 +318,34 @@ async def test_a_daily_02_30_paris_job_runs_once_on_spring_forward_day(world: Wo
     fired = [f for f, outcome, _ in await world.fires() if outcome == "started"]
     # 03:00 CEST on the 29th (no 02:30 that day), then 02:30 CEST on the 30th.
     assert fired == [z("2026-03-29T01:00:00"), z("2026-03-30T00:30:00")]
+
+
+# -- through the real engine and Docker -------------------------------------------------
+
+
+@pytest.mark.docker
+async def test_a_fire_runs_the_job_in_docker_with_trigger_schedule(
+    namespace: str, tmp_path: Path
+) -> None:
+    from test_engine_docker import IMAGE, Harness, make_config
+
+    harness = Harness(make_config(tmp_path), namespace)
+    await harness.start()
+    clock = FakeClock(T0)
+    scheduler = Scheduler(harness.engine, clock)
+    try:
+        spec = harness.spec("tick", ["sh", "-c", "echo tick"], schedule="*/5 * * * *")
+        assert spec.image == IMAGE
+        await harness.store.apply([], [spec], lambda _s, _a: False, None)
+        await _backdate(harness.store, "tick", T0, namespace)
+        await scheduler.start()
+        await asyncio.wait_for(clock.asleep.wait(), 10)
+        await clock.move_to(datetime(2026, 3, 2, 10, 5, 0, tzinfo=UTC))
+        [run] = await harness.store.list_runs(namespace=namespace)
+        done = await harness.finished(run.id)
+        assert (done.trigger, done.status) == (Trigger.SCHEDULE, RunStatus.COMPLETED)
+        assert await harness.lines(run.id) == ["tick"]
+        assert "scheduled" in await harness.event_types(run.id)
+    finally:
+        await scheduler.stop()
+        await harness.stop()

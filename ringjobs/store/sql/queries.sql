@@ -176,3 +176,8 @@ SELECT id FROM (
 WHERE (status = 'completed' AND :succeeded IS NOT NULL AND newest > :succeeded)
    OR (status <> 'completed' AND :failed IS NOT NULL AND newest > :failed)
 ORDER BY id;
+
+-- name: last_scheduled_run
+SELECT id, status, created_at FROM runs
+WHERE namespace = :namespace AND job = :job AND trigger = 'schedule'
+ORDER BY id DESC LIMIT 1;
