@@ -194,12 +194,17 @@ class Scheduler:
             await self.schedules.forget_deleted_jobs()
             self.entries = {e.key: e for e in await load_schedules(self.store)}
         now = self.clock.now()
+        failed = False
         for entry in list(self.entries.values()):
             if entry.next_at is not None and entry.next_at <= now and entry.cron is not None:
-                await self._handle_due(entry, entry.cron, now)
+                try:
+                    await self._handle_due(entry, entry.cron, now)
+                except Exception:  # one job's trouble must not hold back the others
+                    log.exception("schedule_fire_failed", job=entry.spec.key)
+                    failed = True  # its fire is still due: try again shortly
         upcoming = [e.next_at for e in self.entries.values() if e.next_at is not None]
-        if not upcoming:
-            return MAX_SLEEP
+        if failed or not upcoming:
+            return _RETRY if failed else MAX_SLEEP
         return min(max((min(upcoming) - now).total_seconds(), 0.0), MAX_SLEEP)
 
     async def _handle_due(self, entry: ScheduleEntry, cron: CronSchedule, now: datetime) -> None:

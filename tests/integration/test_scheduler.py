@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from ringjobs.engine.scheduler import MAX_SLEEP, Scheduler, load_schedules
+from ringjobs.exceptions import StoreUnavailable
 from ringjobs.models import JobSpec, Run, RunStatus, Trigger
 from ringjobs.store import Store
 from ringjobs.store.schedules import FireAlreadyHandled, ScheduledFire, ScheduleStore
@@ -349,3 +350,27 @@ async def test_a_fire_runs_the_job_in_docker_with_trigger_schedule(
     finally:
         await scheduler.stop()
         await harness.stop()
+
+
+async def test_a_fire_that_hits_a_store_error_is_retried_and_others_still_fire(
+    world: World,
+) -> None:
+    await world.apply("flaky", schedule="*/5 * * * *")
+    await world.apply("steady", schedule="*/5 * * * *")
+    real = world.starter.start_scheduled_run
+    failures = []
+
+    async def flaky_once(namespace: str, name: str, fire: ScheduledFire) -> Run:
+        if name == "flaky" and not failures:
+            failures.append(fire.fire_at)
+            raise StoreUnavailable("cannot write the database: disk I/O error")
+        return await real(namespace, name, fire)
+
+    world.starter.start_scheduled_run = flaky_once  # type: ignore[method-assign]
+    await world.start()
+    await world.clock.move_to(datetime(2026, 3, 2, 10, 5, 0, tzinfo=UTC))
+    assert world.clock.sleeps[-1] == 1.0  # retry soon, not at the next fire
+    assert len(await world.runs("steady")) == 1 and await world.runs("flaky") == []
+    await world.clock.move_to(datetime(2026, 3, 2, 10, 5, 1, tzinfo=UTC))
+    assert [f for f, _, _ in await world.fires("flaky")] == [z("2026-03-02T10:05:00")]
+    assert len(await world.runs("flaky")) == 1 and len(await world.runs("steady")) == 1
