@@ -86,8 +86,7 @@ async def link_fire(
     db: aiosqlite.Connection, spec: JobSpec, fire: ScheduledFire, run_id: int
 ) -> None:
     await db.execute(
-        "UPDATE schedule_fires SET run_id = :run_id "
-        "WHERE namespace = :namespace AND job = :job AND fire_at = :fire_at",
+        _q("link_fire"),
         {
             "run_id": run_id,
             "namespace": spec.namespace,

@@ -228,3 +228,28 @@ async def test_prune_keep_last_removes_older_runs_and_their_kept_containers(
         assert len(containers_of(namespace)) == 1
     finally:
         await harness.stop()
+
+
+@pytest.mark.parametrize(
+    ("name", "params"),
+    [
+        ("prunable_runs", {"namespace": "n", "all": 0, "statuses": None, "keep_last": 3}),
+        ("excess_history", {"namespace": "n", "job": "j", "succeeded": 1, "failed": 1}),
+        ("last_scheduled_run", {"namespace": "n", "job": "j"}),
+    ],
+)
+def test_retention_queries_search_the_job_index(name: str, params: dict[str, Any]) -> None:
+    import sqlite3
+
+    from ringjobs.store.queries import queries, schema
+
+    with sqlite3.connect(":memory:") as db:
+        db.executescript(schema())
+        plan = " | ".join(
+            row[3]
+            for row in db.execute(
+                "EXPLAIN QUERY PLAN " + queries()[name], {"older_than": None, **params}
+            )
+        )
+    assert "SEARCH runs USING INDEX runs_by_job" in plan, plan
+    assert "SCAN runs" not in plan, plan

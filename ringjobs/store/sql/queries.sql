@@ -181,3 +181,7 @@ ORDER BY id;
 SELECT id, status, created_at FROM runs
 WHERE namespace = :namespace AND job = :job AND trigger = 'schedule'
 ORDER BY id DESC LIMIT 1;
+
+-- name: link_fire
+UPDATE schedule_fires SET run_id = :run_id
+WHERE namespace = :namespace AND job = :job AND fire_at = :fire_at;
