@@ -366,6 +366,17 @@ def _prune_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--older-than", metavar="D", help="only runs finished more than D ago (30d, 12h)"
     )
+    parser.add_argument(
+        "--keep-last", type=_natural_int, metavar="N", help="keep each job's newest N runs"
+    )
+    parser.add_argument(
+        "--status",
+        dest="statuses",
+        action="append",
+        choices=RUN_STATUSES,
+        metavar="S",
+        help="only runs with this status (repeatable; active ones need --all)",
+    )
     parser.add_argument("--all", action="store_true", help="cancel and remove active runs too")
     parser.add_argument("--dry-run", action="store_true", help="only say what would go")
     _add_output(parser)
@@ -392,6 +403,14 @@ def _secret_delete_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--force", action="store_true", help="delete even if jobs or runs still refer to it"
     )
+
+
+def _schedule_fires_arguments(parser: argparse.ArgumentParser) -> None:
+    _job_argument(parser)
+    parser.add_argument(
+        "--limit", type=_positive_int, metavar="N", help="newest N fires (default 20, max 100)"
+    )
+    _add_output(parser)
 
 
 def _daemon_arguments(parser: argparse.ArgumentParser) -> None:
@@ -716,7 +735,14 @@ def cmd_namespace_prune(args: argparse.Namespace) -> int:
     client = _client(args)
     names = [args.namespace] if args.namespace else _namespace_names(client)
     results = [
-        client.prune_namespace(name, all=args.all, dry_run=args.dry_run, older_than=args.older_than)
+        client.prune_namespace(
+            name,
+            all=args.all,
+            dry_run=args.dry_run,
+            older_than=args.older_than,
+            keep_last=args.keep_last,
+            statuses=args.statuses,
+        )
         for name in names
     ]
     if args.output == "json":
@@ -735,7 +761,7 @@ def _print_prune(namespace: str, result: JSON) -> None:
     run_ids = result.get("run_ids") or []
     dry_run = bool(result.get("dry_run"))
     count = max(int(result.get("runs_removed") or 0), len(run_ids))
-    listed = ": " + ", ".join(str(run_id) for run_id in run_ids) if run_ids else ""
+    listed = ": " + _id_ranges(run_ids) if run_ids else ""
     runs = f"{count} run" if count == 1 else f"{count} runs"
     print(f"{'would remove' if dry_run else 'removed'} {runs} from {namespace}{listed}")
     cancelled = result.get("cancelled") or 0
@@ -748,6 +774,81 @@ def _print_prune(namespace: str, result: JSON) -> None:
     # A dry run may only list the runs; zero counts would then read as a promise.
     if not dry_run or any(counts.values()):
         print("  " + ", ".join(f"{name}: {value}" for name, value in counts.items()))
+
+
+def _id_ranges(run_ids: list[int]) -> str:
+    """`1-500, 502, 504-510`: thousands of pruned ids stay readable."""
+    spans: list[list[int]] = []
+    for run_id in sorted(run_ids):
+        if spans and run_id == spans[-1][1] + 1:
+            spans[-1][1] = run_id
+        else:
+            spans.append([run_id, run_id])
+    parts = [[f"{a}-{b}"] if b - a >= 2 else [str(i) for i in range(a, b + 1)] for a, b in spans]
+    return ", ".join(part for group in parts for part in group)
+
+
+def cmd_job_suspend(args: argparse.Namespace) -> int:
+    namespace, name = args.job
+    _client(args).suspend_job(namespace, name)
+    print(
+        f"job {namespace}/{name}: suspended; its schedule does not fire until `ringjobs job resume`"
+    )
+    return exitcodes.OK
+
+
+def cmd_job_resume(args: argparse.Namespace) -> int:
+    namespace, name = args.job
+    row = _client(args).resume_job(namespace, name)
+    nxt = row.get("next_run_at")
+    print(f"job {namespace}/{name}: resumed; next fire {nxt or '-'} (missed fires are not run)")
+    return exitcodes.OK
+
+
+def cmd_schedule_list(args: argparse.Namespace) -> int:
+    result = _client(args).list_schedules(args.namespace)
+    if args.output == "json":
+        _print_json(result)
+        return exitcodes.OK
+    headers = [
+        *("NAMESPACE", "JOB", "SCHEDULE", "TIME ZONE", "SUSPENDED"),
+        *("NEXT (UTC)", "NEXT (LOCAL)", "LAST RUN", "STATUS"),
+    ]
+    _print_table(headers, [_schedule_row(row) for row in result.get("schedules", [])])
+    return exitcodes.OK
+
+
+def _schedule_row(row: JSON) -> list[object]:
+    local = row.get("next_run_at_local")
+    return [
+        row.get("namespace"),
+        row.get("job"),
+        row.get("schedule"),
+        row.get("time_zone"),
+        row.get("suspended"),
+        _utc_minute(row.get("next_run_at")),
+        local[:16].replace("T", " ") + local[19:] if isinstance(local, str) else None,
+        row.get("last_run_id"),
+        row.get("last_status"),
+    ]
+
+
+def _utc_minute(value: object) -> str | None:
+    return f"{value[:16].replace('T', ' ')}Z" if isinstance(value, str) else None
+
+
+def cmd_schedule_fires(args: argparse.Namespace) -> int:
+    namespace, name = args.job
+    result = _client(args).list_fires(namespace, name, args.limit)
+    if args.output == "json":
+        _print_json(result)
+        return exitcodes.OK
+    rows = [
+        [_utc_minute(f.get("fire_at")), f.get("outcome"), f.get("run_id"), f.get("message")]
+        for f in result.get("fires", [])
+    ]
+    _print_table(("FIRE (UTC)", "OUTCOME", "RUN", "MESSAGE"), rows)
+    return exitcodes.OK
 
 
 def cmd_daemon(args: argparse.Namespace) -> int:
@@ -1157,18 +1258,31 @@ def _format_seconds(seconds: float) -> str:
 
 # -- command table ---------------------------------------------------------------------
 
-_TOP_LEVEL = ("apply", "job", "run", "logs", "exec", "namespace", "secret", "daemon", "doctor")
+_TOP_LEVEL = (
+    "apply",
+    "job",
+    "run",
+    "logs",
+    "exec",
+    "namespace",
+    "secret",
+    "schedule",
+    "daemon",
+    "doctor",
+)
 _GROUPS = {
-    "job": "list, inspect, run and delete jobs",
+    "job": "list, inspect, run, delete, suspend and resume jobs",
     "run": "list, inspect, wait for, cancel and follow runs",
     "namespace": "list and prune namespaces",
     "secret": "create, list and delete encrypted namespace secrets",
+    "schedule": "list schedules and their fires",
 }
 _GROUP_LEAVES = {
-    "job": ("list", "inspect", "delete", "run"),
+    "job": ("list", "inspect", "delete", "run", "suspend", "resume"),
     "run": ("list", "inspect", "wait", "cancel", "rerun", "events"),
     "namespace": ("list", "prune"),
     "secret": ("create", "list", "delete"),
+    "schedule": ("list", "fires"),
 }
 _LEAVES: dict[str, tuple[str, Handler, ArgumentAdder]] = {
     "apply": ("create or update jobs from manifests", cmd_apply, _apply_arguments),
@@ -1176,6 +1290,8 @@ _LEAVES: dict[str, tuple[str, Handler, ArgumentAdder]] = {
     "job inspect": ("show a job and its spec", cmd_job_inspect, _job_inspect_arguments),
     "job delete": ("delete a job (its runs stay)", cmd_job_delete, _job_argument),
     "job run": ("start a run of the current revision", cmd_job_run, _job_run_arguments),
+    "job suspend": ("stop a job's schedule fires", cmd_job_suspend, _job_argument),
+    "job resume": ("restart a job's schedule fires", cmd_job_resume, _job_argument),
     "run list": ("list runs, newest first", cmd_run_list, _run_list_arguments),
     "run inspect": ("show a run", cmd_run_inspect, _run_inspect_arguments),
     "run wait": ("wait for a run; exit with its code", cmd_run_wait, _run_wait_arguments),
@@ -1193,6 +1309,8 @@ _LEAVES: dict[str, tuple[str, Handler, ArgumentAdder]] = {
     ),
     "secret list": ("list secrets (names only)", cmd_secret_list, _secret_list_arguments),
     "secret delete": ("delete a secret", cmd_secret_delete, _secret_delete_arguments),
+    "schedule list": ("list schedules and next fires", cmd_schedule_list, _namespace_filter),
+    "schedule fires": ("show a job's recent fires", cmd_schedule_fires, _schedule_fires_arguments),
     "daemon": ("run the daemon in the foreground", cmd_daemon, _daemon_arguments),
     "doctor": ("check the socket, daemon, Docker, database", cmd_doctor, _no_arguments),
 }

@@ -348,11 +348,17 @@ class Client:
         all: bool = False,
         dry_run: bool = False,
         older_than: str | None = None,
+        keep_last: int | None = None,
+        statuses: list[str] | None = None,
     ) -> JSON:
         path = f"/v1/namespaces/{_quote(namespace)}/prune"
         body: JSON = {"all": all, "dry_run": dry_run}
         if older_than:
             body["older_than"] = older_than
+        if keep_last is not None:
+            body["keep_last"] = keep_last
+        if statuses:
+            body["status"] = statuses
         return self._json("POST", path, body=body)
 
     def create_secret(self, namespace: str, name: str, value: str, overwrite: bool) -> JSON:
@@ -365,6 +371,18 @@ class Client:
     def delete_secret(self, namespace: str, name: str, force: bool = False) -> JSON:
         path = f"/v1/namespaces/{_quote(namespace)}/secrets/{_quote(name)}"
         return self._json("DELETE", path, query={"force": force})
+
+    def list_schedules(self, namespace: str | None = None) -> JSON:
+        return self._json("GET", "/v1/schedules", query={"namespace": namespace})
+
+    def suspend_job(self, namespace: str, name: str) -> JSON:
+        return self._json("POST", _job_path(namespace, name) + "/suspend", body={})
+
+    def resume_job(self, namespace: str, name: str) -> JSON:
+        return self._json("POST", _job_path(namespace, name) + "/resume", body={})
+
+    def list_fires(self, namespace: str, name: str, limit: int | None = None) -> JSON:
+        return self._json("GET", _job_path(namespace, name) + "/fires", query={"limit": limit})
 
     def wait_until_terminal(
         self, run_id: int, on_reconnect: Callable[[ClientError], None] | None = None

@@ -24,6 +24,7 @@ from aiohttp import web
 from ringjobs.api.app import create_app
 from ringjobs.config import Config, load_config
 from ringjobs.engine.engine import Engine
+from ringjobs.engine.scheduler import Scheduler
 from ringjobs.exceptions import ConfigError, DaemonAlreadyRunning, RingjobsError
 from ringjobs.logs import configure_logging
 from ringjobs.runtime.docker import DockerRuntime
@@ -90,6 +91,7 @@ class Daemon:
         self.store = Store(config.database)
         self.runtime: DockerRuntime | None = None
         self.engine: Engine | None = None
+        self.scheduler: Scheduler | None = None
         self.runner: web.AppRunner | None = None
         self.stopping = asyncio.Event()
 
@@ -109,6 +111,8 @@ class Daemon:
         self.runtime = DockerRuntime(self.config.docker_host, self.config.max_concurrent_runs)
         self.engine = Engine(self.store, self.runtime, self.config, box)
         await self.engine.start()
+        self.scheduler = Scheduler(self.engine)
+        await self.scheduler.start()
         self.runner = web.AppRunner(
             create_app(self.engine), handle_signals=False, shutdown_timeout=_SHUTDOWN_TIMEOUT
         )
@@ -157,6 +161,7 @@ class Daemon:
             loop.remove_signal_handler(sig)
         steps = [
             self.runner.cleanup if self.runner else None,  # stop accepting requests
+            self.scheduler.stop if self.scheduler else None,  # stop firing
             self.engine.stop if self.engine else None,  # stop starting runs, flush logs
             self.store.close,
             self.runtime.close if self.runtime else None,

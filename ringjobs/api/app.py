@@ -18,10 +18,12 @@ from ringjobs.api.openapi import openapi_document
 from ringjobs.api.problems import problem_middleware
 from ringjobs.api.secrets import secret_routes
 from ringjobs.engine.engine import Engine
-from ringjobs.exceptions import BadRequest, NotFound, StoreUnavailable
+from ringjobs.engine.scheduler import schedule_rows
+from ringjobs.exceptions import BadRequest, Conflict, NotFound, StoreUnavailable
 from ringjobs.manifest import ManifestSource, apply_overrides, exec_spec, load_manifests
-from ringjobs.models import JobSpec, Run, parse_time, utcnow
+from ringjobs.models import JobSpec, Run, RunStatus, parse_time, utcnow
 from ringjobs.store import LogRecord, StoredJob
+from ringjobs.store.schedules import ScheduleStore
 from ringjobs.store.store import ApplyOutcome
 from ringjobs.units import UnitError, parse_duration
 
@@ -57,6 +59,10 @@ def create_app(engine: Engine) -> web.Application:
         web.get("/v1/namespaces", list_namespaces),
         web.post("/v1/namespaces/{ns}/prune", prune_namespace),
         *secret_routes(),
+        web.get("/v1/schedules", list_schedules),
+        web.post("/v1/jobs/{ns}/{name}/suspend", suspend_job),
+        web.post("/v1/jobs/{ns}/{name}/resume", resume_job),
+        web.get("/v1/jobs/{ns}/{name}/fires", list_fires),
         web.get("/metrics", metrics_handler(engine)),
     ]
     app.add_routes(routes)
@@ -167,8 +173,6 @@ def _outcome_view(outcome: ApplyOutcome) -> dict[str, Any]:
 def _inactive_field_warnings(outcome: ApplyOutcome) -> list[str]:
     """Fields this version stores but does not act on yet must not fail silently."""
     spec, found = outcome.spec, []
-    if spec.schedule:
-        found.append(f"schedule {spec.schedule!r} is stored but schedules do not fire yet")
     if spec.parallelism > spec.completions:
         found.append(
             f"parallelism {spec.parallelism} exceeds completions {spec.completions}: "
@@ -483,8 +487,14 @@ async def prune_namespace(request: web.Request) -> web.Response:
     await _require_namespace(engine, namespace)
     body = await _body(request, required=False)
     older_than = _older_than(body.get("older_than"))
+    include_active = _flag_field(body, "all")
     result = await engine.prune(
-        namespace, _flag_field(body, "all"), _flag_field(body, "dry_run"), older_than
+        namespace,
+        include_active,
+        _flag_field(body, "dry_run"),
+        older_than,
+        keep_last=_keep_last(body.get("keep_last")),
+        statuses=_prune_statuses(body.get("status"), include_active),
     )
     return _json(
         {
@@ -509,6 +519,80 @@ def _older_than(raw: object) -> datetime | None:
         return utcnow() - timedelta(seconds=parse_duration(raw))
     except (UnitError, OverflowError, ValueError) as exc:
         raise BadRequest(f"older_than: {exc}") from None
+
+
+def _keep_last(raw: object) -> int:
+    if raw is None:
+        return 0
+    if isinstance(raw, bool) or not isinstance(raw, int) or not 0 <= raw <= _MAX_INT:
+        raise BadRequest(f"keep_last must be a whole number of runs per job, not {raw!r}")
+    return raw
+
+
+def _prune_statuses(raw: object, include_active: bool) -> list[str] | None:
+    """`status`: one status or a list; active ones only with `all` (they are cancelled)."""
+    if raw is None or raw == [] or raw == "":
+        return None
+    values = [raw] if isinstance(raw, str) else raw
+    known = [str(s) for s in RunStatus]
+    if not isinstance(values, list) or not all(v in known for v in values):
+        raise BadRequest(f"status must be one or more of {', '.join(known)}, not {raw!r}")
+    active = [v for v in values if not RunStatus(v).is_terminal]
+    if active and not include_active:
+        raise BadRequest(
+            f"status {', '.join(active)} names active runs: add all (--all) to cancel and "
+            "remove them, or prune only completed, failed or cancelled runs"
+        )
+    return [str(v) for v in values]
+
+
+# -- schedules ------------------------------------------------------------------------
+
+
+async def list_schedules(request: web.Request) -> web.Response:
+    engine = _engine(request)
+    namespace = request.query.get("namespace") or None
+    if namespace is not None:
+        await _require_namespace(engine, namespace)
+    return _json({"schedules": await schedule_rows(engine.store, namespace)})
+
+
+async def suspend_job(request: web.Request) -> web.Response:
+    return await _set_suspended(request, True)
+
+
+async def resume_job(request: web.Request) -> web.Response:
+    return await _set_suspended(request, False)
+
+
+async def _set_suspended(request: web.Request, suspended: bool) -> web.Response:
+    """`job suspend|resume`: stop or restart schedule fires; runs and history stay."""
+    engine = _engine(request)
+    ns, name = request.match_info["ns"], request.match_info["name"]
+    spec = (await _require_job(engine, ns, name)).spec
+    if not spec.schedule:
+        raise Conflict(
+            f"job {ns}/{name} has no schedule; suspend and resume only stop and restart "
+            "schedule fires (a job without one runs only on apply or `job run`)"
+        )
+    if not suspended and spec.suspend:
+        raise Conflict(
+            f"job {ns}/{name} is suspended by its manifest (suspend: true); set "
+            "suspend: false in the manifest and apply it to resume"
+        )
+    await ScheduleStore(engine.store).set_suspended(ns, name, suspended)
+    engine.jobs_changed.set()
+    rows = await schedule_rows(engine.store, ns)
+    return _json(next(row for row in rows if row["job"] == name))
+
+
+async def list_fires(request: web.Request) -> web.Response:
+    engine = _engine(request)
+    ns, name = request.match_info["ns"], request.match_info["name"]
+    await _require_job(engine, ns, name)
+    limit = _int_param(request.query.get("limit"), "limit", 20, 1, 100)
+    fires = await ScheduleStore(engine.store).fires(ns, name, limit)
+    return _json({"fires": [f.to_api() for f in fires]})
 
 
 def _redact(value: Any) -> Any:

@@ -172,8 +172,96 @@ def _paths() -> dict[str, Any]:
                 400,
                 404,
                 parameters=[_param("ns", where="path")],
-                requestBody=body,
+                requestBody={"content": {"application/json": {"schema": _PRUNE}}},
             )
+        },
+        **_schedule_paths(),
+    }
+
+
+_PRUNE = {
+    "type": "object",
+    "properties": {
+        "all": {"type": "boolean", "description": "cancel and remove active runs too"},
+        "dry_run": {"type": "boolean"},
+        "older_than": {"type": "string", "description": "a duration: 30d, 12h"},
+        "keep_last": {"type": "integer", "minimum": 0, "description": "newest N per job kept"},
+        "status": {
+            "oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}],
+            "description": "only runs with these statuses (active ones need all)",
+        },
+    },
+}
+
+
+def _schedule_paths() -> dict[str, Any]:
+    schedule = {"$ref": "#/components/schemas/Schedule"}
+    listing = {"type": "object", "properties": {"schedules": {"type": "array", "items": schedule}}}
+    fires = {"type": "object", "properties": {"fires": {"type": "array", "items": _OBJECT}}}
+    return {
+        "/v1/schedules": {
+            "get": _op(
+                "Every schedule with its next fire and last scheduled run",
+                _answer(listing),
+                404,
+                parameters=[_param("namespace")],
+            )
+        },
+        "/v1/jobs/{ns}/{name}/suspend": {
+            "post": _op(
+                "Stop a job's schedule fires", _answer(schedule), 404, 409, parameters=_NS_NAME
+            )
+        },
+        "/v1/jobs/{ns}/{name}/resume": {
+            "post": _op(
+                "Restart a job's schedule fires (missed ones are not caught up)",
+                _answer(schedule),
+                404,
+                409,
+                parameters=_NS_NAME,
+            )
+        },
+        "/v1/jobs/{ns}/{name}/fires": {
+            "get": _op(
+                "A job's recent schedule fires: started, skipped or missed",
+                _answer(fires),
+                400,
+                404,
+                parameters=[*_NS_NAME, _param("limit", "integer")],
+            )
+        },
+    }
+
+
+def _schedule_schema() -> dict[str, Any]:
+    nullable_str = {"type": ["string", "null"]}
+    return {
+        "type": "object",
+        "required": [
+            "namespace",
+            "job",
+            "schedule",
+            "time_zone",
+            "suspended",
+            "next_run_at",
+            "last_run_id",
+            "last_status",
+        ],
+        "properties": {
+            "namespace": {"type": "string"},
+            "job": {"type": "string"},
+            "schedule": {"type": "string"},
+            "time_zone": {"type": "string"},
+            "suspended": {"type": "boolean"},
+            "suspended_by": nullable_str,
+            "starting_deadline_seconds": {"type": ["number", "null"]},
+            "concurrency_policy": {"type": "string"},
+            "next_run_at": {**nullable_str, "description": "RFC 3339 UTC"},
+            "next_run_at_local": {**nullable_str, "description": "in the job's time zone"},
+            "last_run_id": {"type": ["integer", "null"]},
+            "last_status": nullable_str,
+            "last_run_at": nullable_str,
+            "last_fire": {"type": ["object", "null"]},
         },
     }
 
@@ -229,7 +317,11 @@ def _schemas() -> dict[str, Any]:
             "violations": {"type": "array", "items": violation},
         },
     }
-    return {"Run": {"type": "object", "properties": run_props}, "Problem": problem}
+    return {
+        "Run": {"type": "object", "properties": run_props},
+        "Problem": problem,
+        "Schedule": _schedule_schema(),
+    }
 
 
 def openapi_document() -> dict[str, Any]:

@@ -22,11 +22,13 @@ from ringjobs.engine.executor import EngineContext, RunExecutor
 from ringjobs.engine.fanout import FanOut
 from ringjobs.engine.logsink import LogSink
 from ringjobs.engine.notify import Notifier
+from ringjobs.engine.retention import HistoryKeeper
 from ringjobs.engine.secretvault import SecretVault
 from ringjobs.exceptions import Conflict, EngineUnavailable, NotFound
 from ringjobs.models import JobSpec, Run, RunStatus, StopIntent, Trigger, utcnow
 from ringjobs.runtime.base import LABEL_RUN, ContainerState, Runtime
 from ringjobs.store import Store
+from ringjobs.store.schedules import ScheduledFire
 from ringjobs.store.store import ApplyOutcome
 from ringjobs.units import parse_duration, parse_memory
 
@@ -86,6 +88,8 @@ class Engine:
         self._changed = asyncio.Event()
         self._reconciled = True
         self.engine_ok = False
+        self.history = HistoryKeeper(store, self.remove_runs)
+        self.jobs_changed = asyncio.Event()  # set on apply and delete: the scheduler reloads
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -110,6 +114,7 @@ class Engine:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        await self.history.stop()
         await self.sink.stop()
 
     async def wait_idle(self) -> None:
@@ -208,6 +213,7 @@ class Engine:
         async def guarded() -> None:
             try:
                 await fan_out.execute()
+                self.history.run_finished(run.namespace, run.job)
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -251,8 +257,10 @@ class Engine:
         self._executing[key] += 1
 
         async def guarded() -> None:
+            finished = False
             try:
                 await work
+                finished = executor.retry_after is None and not executor.engine_lost
                 if executor.retry_after is not None:  # the slot is free during the backoff
                     asyncio.get_running_loop().call_later(
                         executor.retry_after, self.enqueue, run_id
@@ -273,6 +281,8 @@ class Engine:
                 self._child_changed(run)
                 self._changed.set()
                 self._wakeup.set()
+                if finished and run.parent_id is None:  # a parent's end counts, not each index
+                    self.history.run_finished(run.namespace, run.job)
 
         self._tasks[run_id] = asyncio.create_task(guarded(), name=f"run-{run_id}")
 
@@ -328,6 +338,8 @@ class Engine:
             if outcome.run_id is not None:
                 self.enqueue(outcome.run_id)
                 await self._replace_others(outcome.spec, outcome.run_id)
+        if any(outcome.action != "unchanged" for outcome in outcomes):
+            self.jobs_changed.set()
         return outcomes
 
     async def _replace_others(self, spec: JobSpec, run_id: int) -> None:
@@ -353,6 +365,16 @@ class Engine:
         spec = customize(job.spec)
         return await self._start(spec, job.revision, Trigger.MANUAL, caller_uid)
 
+    async def start_scheduled_run(self, namespace: str, name: str, fire: ScheduledFire) -> Run:
+        """A run for one fire of the job's schedule (trigger schedule), under its policy.
+
+        Raises Conflict when Forbid skips it, FireAlreadyHandled when the fire has a run.
+        """
+        job = await self.store.get_job(namespace, name)
+        if job is None:
+            raise NotFound(f"job {namespace}/{name} does not exist")
+        return await self._start(job.spec, job.revision, Trigger.SCHEDULE, None, fire)
+
     async def rerun(
         self,
         run_id: int,
@@ -365,7 +387,12 @@ class Engine:
         return await self._start(spec, source.revision, Trigger.RERUN, caller_uid)
 
     async def _start(
-        self, spec: JobSpec, revision: int, trigger: Trigger, caller_uid: int | None
+        self,
+        spec: JobSpec,
+        revision: int,
+        trigger: Trigger,
+        caller_uid: int | None,
+        fire: ScheduledFire | None = None,
     ) -> Run:
         run_id = await self.store.create_run(
             spec,
@@ -373,6 +400,7 @@ class Engine:
             trigger,
             caller_uid,
             refuse_if_active=spec.concurrency_policy == "Forbid",
+            fire=fire,
         )
         self.enqueue(run_id)
         await self._replace_others(spec, run_id)
@@ -388,6 +416,7 @@ class Engine:
                 "wait for them to finish before deleting it"
             )
         await self.store.delete_job(namespace, name)
+        self.jobs_changed.set()
 
     async def exec_run(self, spec: JobSpec, caller_uid: int | None) -> Run:
         """Start a one-off run (trigger exec): no job definition, always allowed to run."""
@@ -447,8 +476,12 @@ class Engine:
         include_active: bool,
         dry_run: bool,
         older_than: datetime | None = None,
+        keep_last: int = 0,
+        statuses: list[str] | None = None,
     ) -> PruneResult:
-        candidates = await self.store.prunable_runs(namespace, include_active, older_than)
+        candidates = await self.store.prunable_runs(
+            namespace, include_active, older_than, keep_last, statuses
+        )
         ids = [int(c["id"]) for c in candidates]
         active = [c for c in candidates if c["status"] not in ("completed", "failed", "cancelled")]
         if dry_run:
@@ -456,9 +489,22 @@ class Engine:
         for row in active:
             await self._cancel_for_prune(int(row["id"]))
         ids = [i for i in ids if not self.is_executing(i)]  # never delete a run still executing
+        ids = [i for i in await self.store.with_children(ids) if not self.is_executing(i)]
         containers = await self._remove_leftovers(set(ids))
         lines, events = await self.store.delete_runs(ids)
         return PruneResult(namespace, False, ids, lines, events, containers, len(active))
+
+    async def remove_runs(self, run_ids: list[int]) -> int:
+        """Delete finished runs with their logs, events and leftover containers."""
+        ids = [i for i in await self.store.with_children(run_ids) if not self.is_executing(i)]
+        if not ids:
+            return 0
+        try:
+            await self._remove_leftovers(set(ids))
+        except EngineUnavailable as exc:  # the next start sweeps containers of unknown runs
+            log.warning("leftover_containers_kept", error=str(exc))
+        await self.store.delete_runs(ids)
+        return len(ids)
 
     async def _cancel_for_prune(self, run_id: int) -> None:
         with contextlib.suppress(Conflict):  # it finished meanwhile: nothing to cancel

@@ -33,6 +33,7 @@ from ringjobs.models import (
     utcnow,
 )
 from ringjobs.store.queries import migrations, queries
+from ringjobs.store.schedules import ScheduledFire, claim_fire, link_fire
 
 # Columns a transition may set; anything else is a programming error.
 _RUN_COLUMNS = frozenset(
@@ -294,10 +295,14 @@ class Store:
         trigger: Trigger,
         caller_uid: int | None,
         refuse_if_active: bool = False,
+        fire: ScheduledFire | None = None,
     ) -> int:
         """Insert a pending run; with refuse_if_active, raise Conflict instead if the job has
-        an unfinished run. Check and insert share one transaction, so no race gets through."""
+        an unfinished run. Check and insert share one transaction, so no race gets through.
+        With a schedule fire, the fire is claimed in it too (FireAlreadyHandled if taken)."""
         async with self._write() as db:
+            if fire is not None:
+                await claim_fire(db, spec, fire)
             if refuse_if_active:
                 key = {"namespace": spec.namespace, "job": spec.name}
                 async with db.execute(_q("active_runs_of_job"), key) as cur:
@@ -309,7 +314,10 @@ class Store:
                         "concurrency_policy: Allow"
                     )
             await _upsert_namespace(db, spec.namespace, None, format_time(utcnow()), False)
-            return await _insert_run(db, spec, revision, trigger, caller_uid)
+            run_id = await _insert_run(db, spec, revision, trigger, caller_uid)
+            if fire is not None:
+                await link_fire(db, spec, fire, run_id)
+            return run_id
 
     async def create_child_run(self, parent: Run, index: int, spec: JobSpec) -> int:
         """The run of completion `index` of a fan-out run; a second call adds nothing."""
@@ -520,15 +528,32 @@ class Store:
     # -- prune -------------------------------------------------------------------
 
     async def prunable_runs(
-        self, namespace: str, include_active: bool, older_than: datetime | None = None
+        self,
+        namespace: str,
+        include_active: bool,
+        older_than: datetime | None = None,
+        keep_last: int = 0,
+        statuses: Sequence[str] | None = None,
     ) -> list[dict[str, Any]]:
         params = {
             "namespace": namespace,
             "all": include_active,
             "older_than": format_time(older_than) if older_than else None,
+            "keep_last": keep_last,
+            "statuses": json.dumps(list(statuses)) if statuses else None,
         }
         rows = await self._fetchall(_q("prunable_runs"), params)
         return [dict(r) for r in rows]
+
+    async def with_children(self, run_ids: Sequence[int]) -> list[int]:
+        """The runs and the completions of those that fanned out (deleted together)."""
+        found = set(run_ids)
+        for start in range(0, len(run_ids), _PRUNE_BATCH):
+            batch = list(run_ids[start : start + _PRUNE_BATCH])
+            marks = ",".join("?" * len(batch))
+            rows = await self._fetchall(f"SELECT id FROM runs WHERE parent_id IN ({marks})", batch)
+            found.update(int(r[0]) for r in rows)
+        return sorted(found)
 
     async def delete_runs(self, run_ids: Sequence[int]) -> tuple[int, int]:
         """Delete runs with their logs and events, in batches; returns (lines, events)."""

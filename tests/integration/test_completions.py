@@ -178,3 +178,28 @@ async def test_a_cancel_recorded_before_a_restart_still_stops_the_fan_out(
     assert [c.completion_index for c in children] == [0, 1]  # index 2 never started
     assert all(c.status is RunStatus.CANCELLED for c in children)
     assert containers_of(namespace) == []
+
+
+async def test_prune_and_history_limit_count_the_run_and_take_its_completions(
+    namespace: str, tmp_path: Path
+) -> None:
+    h = Harness(make_config(tmp_path), namespace)
+    await h.start()
+    try:
+        spec = h.spec("kept", ["true"], completions=2, history_limit={"succeeded": 1})
+        await h.store.apply([], [spec], lambda _spec, _active: False, None)
+        first = await h.run(spec)
+        await h.engine.history.idle()  # history_limit is applied in the background
+        first_children = [c.id for c in await h.store.child_runs(first.id)]
+        second = await h.run(spec)
+        await h.engine.history.idle()
+        left_after_limit = [await h.store.get_run(i) for i in [first.id, *first_children]]
+        second_children = [c.id for c in await h.store.child_runs(second.id)]
+        pruned = await h.engine.prune(namespace, False, False)
+        left_after_prune = [await h.store.get_run(i) for i in [second.id, *second_children]]
+    finally:
+        await h.stop()
+    assert len(first_children) == 2 and len(second_children) == 2
+    assert left_after_limit == [None, None, None]  # the older run went with its completions
+    assert pruned.run_ids == sorted([second.id, *second_children])
+    assert left_after_prune == [None, None, None]

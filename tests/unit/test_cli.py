@@ -614,3 +614,81 @@ def test_importing_the_cli_loads_no_heavy_module() -> None:
     assert {name for name in loaded if name.split(".")[0] in heavy} == set()
     ours = {"ringjobs.models", "ringjobs.config", "ringjobs.daemon", "ringjobs.interpolate"}
     assert loaded & ours == set()
+
+
+def test_prune_sends_keep_last_and_statuses_and_lists_id_ranges(
+    daemon: FakeDaemon, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run_ids = [*range(1, 501), 502, 504, 505, *range(600, 700)]
+    pruned = {"namespace": "ci", "dry_run": False, "run_ids": run_ids, "runs_removed": 604}
+    pruned |= {"log_lines_removed": 9, "events_removed": 8, "containers_removed": 1}
+    daemon.route("POST", "/v1/namespaces/ci/prune", Answer({**pruned, "cancelled": 0}))
+    args = ("namespace", "prune", "ci", "--keep-last", "5", "--status", "failed")
+    assert ringjobs(daemon, *args, "--status", "cancelled") == 0
+    assert daemon.requests[-1].body == {
+        "all": False,
+        "dry_run": False,
+        "keep_last": 5,
+        "status": ["failed", "cancelled"],
+    }
+    assert capsys.readouterr().out.splitlines() == [
+        "removed 604 runs from ci: 1-500, 502, 504, 505, 600-699",
+        "  log lines: 9, events: 8, containers: 1, cancelled: 0",
+    ]
+    assert ringjobs(daemon, "namespace", "prune", "ci", "--status", "sleeping") == 2
+    assert ringjobs(daemon, "namespace", "prune", "ci", "--keep-last", "-1") == 2
+
+
+def test_schedule_list_prints_next_fire_in_utc_and_the_jobs_zone(
+    daemon: FakeDaemon, capsys: pytest.CaptureFixture[str]
+) -> None:
+    row = {
+        "namespace": "prod",
+        "job": "backup",
+        "schedule": "30 2 * * *",
+        "time_zone": "Europe/Paris",
+        "suspended": False,
+        "next_run_at": "2026-03-29T01:00:00.000000Z",
+        "next_run_at_local": "2026-03-29T03:00:00+02:00",
+        "last_run_id": 7,
+        "last_status": "completed",
+    }
+    daemon.route("GET", "/v1/schedules", Answer({"schedules": [row]}))
+    assert ringjobs(daemon, "schedule", "list", "-n", "prod") == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[:4] == ["NAMESPACE", "JOB", "SCHEDULE", "TIME"]
+    assert lines[1].split() == [
+        *("prod", "backup", "30", "2", "*", "*", "*", "Europe/Paris", "no"),
+        *("2026-03-29", "01:00Z", "2026-03-29", "03:00+02:00", "7", "completed"),
+    ]
+    assert daemon.requests[-1].query == {"namespace": "prod"}
+    assert ringjobs(daemon, "schedule", "list", "-o", "json") == 0
+    assert json.loads(capsys.readouterr().out) == {"schedules": [row]}
+
+
+def test_job_suspend_and_resume(daemon: FakeDaemon, capsys: pytest.CaptureFixture[str]) -> None:
+    daemon.route("POST", "/v1/jobs/prod/backup/suspend", Answer({"suspended": True}))
+    resumed = {"suspended": False, "next_run_at": "2026-03-29T01:00:00.000000Z"}
+    daemon.route("POST", "/v1/jobs/prod/backup/resume", Answer(resumed))
+    assert ringjobs(daemon, "job", "suspend", "prod/backup") == 0
+    assert "suspended" in capsys.readouterr().out
+    assert ringjobs(daemon, "job", "resume", "prod/backup") == 0
+    assert "next fire 2026-03-29T01:00:00.000000Z" in capsys.readouterr().out
+    refused = problem(409, "conflict", "job prod/x has no schedule")
+    daemon.route("POST", "/v1/jobs/prod/x/suspend", refused)
+    assert ringjobs(daemon, "job", "suspend", "prod/x") == 5
+    assert "has no schedule" in capsys.readouterr().err
+
+
+def test_schedule_fires_table(daemon: FakeDaemon, capsys: pytest.CaptureFixture[str]) -> None:
+    fire = {
+        "fire_at": "2026-03-02T13:00:00.000000Z",
+        "outcome": "missed",
+        "run_id": None,
+        "message": "missed 3 fires",
+    }
+    daemon.route("GET", "/v1/jobs/prod/backup/fires", Answer({"fires": [fire]}))
+    assert ringjobs(daemon, "schedule", "fires", "prod/backup", "--limit", "5") == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].split() == ["2026-03-02", "13:00Z", "missed", "-", "missed", "3", "fires"]
+    assert daemon.requests[-1].query == {"limit": "5"}

@@ -111,9 +111,17 @@ SELECT seq, attempt, stream, time, line FROM (
 ) ORDER BY seq;
 
 -- name: prunable_runs
-SELECT id, container_id, status FROM runs
-WHERE namespace = :namespace
-  AND (:all OR status IN ('completed', 'failed', 'cancelled'))
+-- keep_last: each job's newest runs among those of the asked statuses are kept.
+-- Completions (parent_id set) are not counted: they go with their parent.
+SELECT id, container_id, status FROM (
+    SELECT id, container_id, status, finished_at, created_at,
+           row_number() OVER (PARTITION BY job ORDER BY id DESC) AS newest
+    FROM runs
+    WHERE namespace = :namespace AND parent_id IS NULL
+      AND (:all OR status IN ('completed', 'failed', 'cancelled'))
+      AND (:statuses IS NULL OR status IN (SELECT value FROM json_each(:statuses)))
+)
+WHERE newest > :keep_last
   AND (:older_than IS NULL OR coalesce(finished_at, created_at) < :older_than)
 ORDER BY id;
 
@@ -163,3 +171,68 @@ ON CONFLICT (run_id, attempt) DO UPDATE SET
 -- name: run_sources
 SELECT attempt, selector, container_id, container, image_id, environment, created_at
 FROM run_sources WHERE run_id = :run_id ORDER BY attempt;
+
+-- Schedules and retention (issue 5) -------------------------------------------------
+
+-- name: claim_fire
+-- A fire already handled inserts nothing: the caller then starts no run.
+INSERT INTO schedule_fires (namespace, job, fire_at, outcome, run_id, message, created_at)
+VALUES (:namespace, :job, :fire_at, :outcome, :run_id, :message, :now)
+ON CONFLICT (namespace, job, fire_at) DO NOTHING;
+
+-- name: trim_fires
+DELETE FROM schedule_fires WHERE namespace = :namespace AND job = :job AND fire_at < (
+    SELECT fire_at FROM schedule_fires WHERE namespace = :namespace AND job = :job
+    ORDER BY fire_at DESC LIMIT 1 OFFSET :keep
+);
+
+-- name: last_fires
+SELECT namespace, job, max(fire_at) AS fire_at FROM schedule_fires GROUP BY namespace, job;
+
+-- name: list_fires
+SELECT namespace, job, fire_at, outcome, run_id, message, created_at FROM schedule_fires
+WHERE namespace = :namespace AND job = :job ORDER BY fire_at DESC LIMIT :limit;
+
+-- name: schedule_states
+SELECT namespace, job, suspended, changed_at FROM schedule_state;
+
+-- name: set_schedule_state
+INSERT INTO schedule_state (namespace, job, suspended, changed_at)
+VALUES (:namespace, :job, :suspended, :now)
+ON CONFLICT (namespace, job) DO UPDATE SET
+    suspended = excluded.suspended, changed_at = excluded.changed_at;
+
+-- name: forget_deleted_schedules
+-- A job deleted and applied again starts afresh: not suspended, no old fires.
+DELETE FROM schedule_state WHERE NOT EXISTS (
+    SELECT 1 FROM jobs WHERE jobs.namespace = schedule_state.namespace
+        AND jobs.name = schedule_state.job
+);
+
+-- name: forget_deleted_fires
+DELETE FROM schedule_fires WHERE NOT EXISTS (
+    SELECT 1 FROM jobs WHERE jobs.namespace = schedule_fires.namespace
+        AND jobs.name = schedule_fires.job
+);
+
+-- name: excess_history
+-- Finished runs of a job beyond its history_limit: `failed` counts failed and cancelled.
+SELECT id FROM (
+    SELECT id, status,
+           row_number() OVER (PARTITION BY status = 'completed' ORDER BY id DESC) AS newest
+    FROM runs
+    WHERE namespace = :namespace AND job = :job AND parent_id IS NULL
+      AND status IN ('completed', 'failed', 'cancelled')
+)
+WHERE (status = 'completed' AND :succeeded IS NOT NULL AND newest > :succeeded)
+   OR (status <> 'completed' AND :failed IS NOT NULL AND newest > :failed)
+ORDER BY id;
+
+-- name: last_scheduled_run
+SELECT id, status, created_at FROM runs
+WHERE namespace = :namespace AND job = :job AND trigger = 'schedule' AND parent_id IS NULL
+ORDER BY id DESC LIMIT 1;
+
+-- name: link_fire
+UPDATE schedule_fires SET run_id = :run_id
+WHERE namespace = :namespace AND job = :job AND fire_at = :fire_at;
