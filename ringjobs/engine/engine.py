@@ -23,7 +23,7 @@ from ringjobs.engine.logsink import LogSink
 from ringjobs.engine.notify import Notifier
 from ringjobs.exceptions import Conflict, EngineUnavailable, NotFound
 from ringjobs.models import JobSpec, Run, RunStatus, StopIntent, Trigger, utcnow
-from ringjobs.runtime.base import LABEL_RUN, ContainerState, Runtime
+from ringjobs.runtime.base import LABEL_ATTEMPT, LABEL_RUN, ContainerState, Runtime
 from ringjobs.store import Store
 from ringjobs.store.store import ApplyOutcome
 from ringjobs.units import parse_duration, parse_memory
@@ -200,7 +200,7 @@ class Engine:
                     asyncio.get_running_loop().call_later(
                         executor.retry_after, self.enqueue, run_id
                     )
-                if executor.engine_lost:
+                if executor.engine_lost or executor.store_lost:
                     self._reattach_later()
             except asyncio.CancelledError:
                 raise
@@ -226,12 +226,13 @@ class Engine:
     async def _reconcile_when_back(self) -> None:
         while not self._reconciled:
             await asyncio.sleep(_ENGINE_POLL)
+            self._reconciled = True  # before: a run that fails again meanwhile clears it
             try:
                 self.engine_ok = bool(await self.runtime.version())
                 await self.reconcile()
-                self._reconciled = True
                 self._ready.set()
             except Exception as exc:
+                self._reconciled = False
                 self.engine_ok = False
                 log.warning("reattach_pending", error=str(exc))
 
@@ -407,7 +408,9 @@ class Engine:
     async def reconcile(self) -> None:
         """Bring every unfinished run in line with what the runtime really has."""
         runs = await self.store.active_runs()
-        containers = await self._containers_by_run()
+        containers, older = await self._containers_by_run()
+        for run_id, container in older:  # an earlier attempt's container, kept or left
+            await self._sweep(run_id, container)
         for run in runs:
             await self._reconcile_run(run, containers.pop(run.id, None))
         for run_id, container in containers.items():
@@ -429,16 +432,30 @@ class Engine:
         loop = asyncio.get_running_loop()
         loop.call_later(left, lambda: asyncio.ensure_future(self._sweep(run_id, container)))
 
-    async def _containers_by_run(self) -> dict[int, ContainerState]:
+    async def _containers_by_run(
+        self,
+    ) -> tuple[dict[int, ContainerState], list[tuple[int, ContainerState]]]:
+        """Each run's latest attempt's container, and the older attempts' containers."""
         found = await self.runtime.list_managed(
             self.store.instance_id
         )  # EngineUnavailable: nothing is decided
-        return {run_id: c for c in found if (run_id := _run_label(c)) is not None}
+        latest: dict[int, ContainerState] = {}
+        older: list[tuple[int, ContainerState]] = []
+        for container in sorted(found, key=_attempt_label):
+            run_id = _run_label(container)
+            if run_id is None:
+                continue
+            if run_id in latest:
+                older.append((run_id, latest[run_id]))
+            latest[run_id] = container
+        return latest, older
 
     async def _reconcile_run(self, run: Run, container: ContainerState | None) -> None:
         if run.id in self._tasks or run.id in self._pending:
             return  # already being executed or queued by this daemon
         if run.status == RunStatus.PENDING:
+            if container is not None:  # a pending run's container is a finished attempt's
+                await self._sweep(run.id, container)
             self.enqueue(run.id)
         elif container is not None and container.status == "created":
             # Created but never started: starting it afresh cannot run it twice.
@@ -461,11 +478,13 @@ class Engine:
             )
 
     async def _requeue(self, run: Run, why: str) -> None:
+        """A run whose container never started: its attempt is made again, not counted."""
         await self.store.update_run(
             run.id,
             ("requeued", f"daemon restarted: {why}"),
             only_if_active=True,
             status=RunStatus.PENDING,
+            attempt=max(run.attempt - 1, 0),
         )
         self.enqueue(run.id)
 
@@ -475,6 +494,11 @@ def _starts_on_apply(spec: JobSpec, active_run_ids: list[int]) -> bool:
     if spec.schedule or spec.suspend:
         return False
     return not (active_run_ids and spec.concurrency_policy == "Forbid")
+
+
+def _attempt_label(container: ContainerState) -> int:
+    value = container.labels.get(LABEL_ATTEMPT, "")
+    return int(value) if value.isdigit() else 0
 
 
 def _run_label(container: ContainerState) -> int | None:
