@@ -234,13 +234,13 @@ class RunExecutor:
         if container.running and self.run.stop_intent is not None:
             # The intent was saved but the daemon died before the signal: send it now.
             await self.ctx.runtime.stop(self.container_id, self.run.spec.stop_grace_period_seconds)
+        if self.run.status != RunStatus.RUNNING:  # it started before the daemon could say so
+            await self._transition(
+                ("container_started", f"container found {container.status}"),
+                status=RunStatus.RUNNING,
+                started_at=utcnow(),
+            )
         if container.running:
-            if self.run.status != RunStatus.RUNNING:
-                await self._transition(
-                    ("container_started", "container found running"),
-                    status=RunStatus.RUNNING,
-                    started_at=utcnow(),
-                )
             exit_code = await self._wait_with_deadline()
         else:
             exit_code = container.exit_code if container.exit_code is not None else -1

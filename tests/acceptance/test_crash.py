@@ -421,3 +421,41 @@ def test_a_full_disk_answers_503_and_reports_nothing_done_before_it_is_saved(
     assert d.cli("run", "wait", writer).returncode == 0
     assert d.output(writer) == (numbered("r-", 1, 400), "")
     assert d.cli("job", "run", f"{namespace}/other", "--wait").returncode == 0
+
+
+def test_kill9_during_a_retry_follows_the_newest_attempt_not_a_kept_older_one(
+    crash_daemon: Callable[..., CrashDaemon], namespace: str, tmp_path: Path, short_tmp: Path
+) -> None:
+    shared = short_tmp / "shared"
+    shared.mkdir()
+    d = crash_daemon(f"defaults:\n  backoff_base: 1s\npolicy:\n  allowed_bind_paths: [{shared}]\n")
+    d.start()
+    # Attempt 1 fails with 3 and its container is kept; attempt 2 runs, then exits 4.
+    script = (
+        "if [ -e /m/first ]; then echo second; sleep 6; exit 4; fi; "
+        "touch /m/first; echo first; exit 3"
+    )
+    job = {
+        "command": ["sh", "-c", script],
+        "suspend": True,
+        "backoff_limit": 1,
+        "keep_container": "2m",
+        "volumes": [f"{shared}:/m:rw"],
+    }
+    assert (
+        d.cli("apply", "-f", str(manifest(tmp_path / "m.json", namespace, {"r": job}))).returncode
+        == 0
+    )
+    run_id = d.start_job(namespace, "r")
+    until(
+        lambda: d.run(run_id)["attempt"] == 2 and d.run(run_id)["status"] == "running",
+        "attempt 2 running",
+    )
+    assert len(containers_of(namespace, run_id)) == 2  # attempt 1's is kept
+    d.kill()
+    d.start()
+    waited = d.cli("run", "wait", run_id)
+    assert waited.returncode == 4, waited.stderr  # attempt 2's code, not the kept 3
+    run = d.run(run_id)
+    assert (run["attempt"], run["exit_code"], run["reason"]) == (2, 4, "exit_code")
+    assert d.output(run_id)[0] == "first\nsecond\n"
