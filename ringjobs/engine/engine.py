@@ -36,6 +36,7 @@ log = structlog.get_logger(__name__)
 # Policies whose new run waits until the job's executing run is over.
 _WAITS_FOR_ACTIVE = frozenset({"Queue", "Replace"})
 _ENGINE_POLL = 2.0  # seconds between checks of an engine that does not answer
+_ENGINE_POLL_MAX = 8.0  # the events watcher backs off to this during a long outage
 
 
 @dataclass(frozen=True)
@@ -238,9 +239,11 @@ class Engine:
 
     async def _watch_events(self) -> None:
         """OOM events complement State.OOMKilled; also re-reconciles after engine outages."""
+        delay = _ENGINE_POLL
         while True:
             try:
                 self.engine_ok = bool(await self.runtime.version())
+                delay = _ENGINE_POLL  # it answers: the next loss starts a fresh backoff
                 if not self._reconciled:
                     await self.reconcile()
                     self._reconciled = True
@@ -257,7 +260,8 @@ class Engine:
                 self.engine_ok = False
                 log.exception("events_watch_failed")
             self._wakeup.set()
-            await asyncio.sleep(_ENGINE_POLL)
+            await asyncio.sleep(delay)
+            delay = min(2 * delay, _ENGINE_POLL_MAX)
 
     # -- jobs ------------------------------------------------------------------------
 

@@ -212,8 +212,13 @@ class Store:
         return max(v for v, _ in migrations())
 
     async def check(self) -> None:
-        """Raise StoreUnavailable unless the database answers a read."""
+        """Raise StoreUnavailable unless the database answers a read and commits a write.
+
+        The write shows a full disk or a read-only file now, not when a run next needs it.
+        """
         await self._fetchone("SELECT 1", {})
+        async with self._write() as db:
+            await db.execute(_q("probe_write"), {"now": format_time(utcnow())})
 
     # -- plumbing ----------------------------------------------------------------
 

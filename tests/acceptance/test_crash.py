@@ -410,6 +410,8 @@ def test_a_full_disk_answers_503_and_reports_nothing_done_before_it_is_saved(
             break
     assert refused is not None and refused.status == 503
     assert "free disk space" in refused.detail
+    doctor = d.cli("doctor")
+    assert doctor.returncode != 0 and "free disk space" in doctor.stdout, doctor.stdout
     container = containers_of(namespace, writer)[0]
     until(lambda: container_status(container) == "exited", "the writer's container to exit")
     time.sleep(2)  # the daemon tries to save the end meanwhile, and cannot
@@ -459,3 +461,30 @@ def test_kill9_during_a_retry_follows_the_newest_attempt_not_a_kept_older_one(
     run = d.run(run_id)
     assert (run["attempt"], run["exit_code"], run["reason"]) == (2, 4, "exit_code")
     assert d.output(run_id)[0] == "first\nsecond\n"
+
+
+def test_a_read_only_database_answers_503_then_recovers(
+    crash_daemon: Callable[..., CrashDaemon], namespace: str, tmp_path: Path
+) -> None:
+    d = crash_daemon()
+    d.start()
+    file = manifest(tmp_path / "m.json", namespace, suspended({"ro": "echo ro-out"}))
+    assert d.cli("apply", "-f", str(file)).returncode == 0
+    files = [str(d.database), f"{d.database}-wal"]  # immutable: read-only even for root
+    if subprocess.run(["chattr", "+i", *files], capture_output=True).returncode != 0:
+        pytest.skip("chattr +i is not supported on this filesystem")
+    try:
+        client = Client(d.socket, retry_for=0)
+        with pytest.raises(ApiError) as refused:
+            client.start_job_run(namespace, "ro")
+        assert refused.value.status == 503
+        assert "is writable" in refused.value.detail, refused.value.detail
+        health = client.health()
+        assert health["status"] == "degraded" and health["database"]["ok"] is False
+        assert d.cli("run", "list", "-n", namespace).returncode == 0  # reads still answer
+        assert d.proc is not None and d.proc.poll() is None, d.log.read_text()
+    finally:
+        subprocess.run(["chattr", "-i", *files], check=True)
+    assert d.cli("job", "run", f"{namespace}/ro", "--wait").returncode == 0
+    assert d.output(d.latest_run(namespace)) == ("ro-out\n", "")
+    assert d.cli("doctor").returncode == 0

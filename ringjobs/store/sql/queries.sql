@@ -113,3 +113,7 @@ WHERE namespace = :namespace
   AND (:all OR status IN ('completed', 'failed', 'cancelled'))
   AND (:older_than IS NULL OR coalesce(finished_at, created_at) < :older_than)
 ORDER BY id;
+
+-- name: probe_write
+INSERT INTO meta (key, value) VALUES ('last_write_check', :now)
+ON CONFLICT (key) DO UPDATE SET value = excluded.value;
