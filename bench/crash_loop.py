@@ -11,7 +11,8 @@ Meanwhile a killer sends SIGKILL to the daemon at random moments and restarts it
   once (one `finished` event), with the variant's status and exit code;
 - each run's stdout and stderr are exactly the lines the container printed: none
   lost, none repeated, in order;
-- each run's container started exactly once (no retries configured), and none is left.
+- each attempt's container started exactly once (a retried variant has two), and none
+  is left afterwards.
 
 A check, not part of the default suite (it takes minutes and kills processes at random
 moments). Exits 0 when every invariant held, 1 otherwise. Removes what it made: the
@@ -54,6 +55,7 @@ class Variant:
     stderr_lines: int
     exit_code: int
     sleep: str  # between the first and second half of stdout: time to be killed in
+    retries: int = 0  # backoff_limit; a failing variant then runs retries + 1 attempts
 
     @property
     def command(self) -> list[str]:
@@ -65,10 +67,14 @@ class Variant:
         )
         return ["sh", "-c", script]
 
+    @property
+    def attempts(self) -> int:
+        return 1 if self.exit_code == 0 else self.retries + 1
+
     def expected_output(self) -> tuple[list[str], list[str]]:
         return (
-            [f"out-{i}" for i in range(1, self.stdout_lines + 1)],
-            [f"err-{i}" for i in range(1, self.stderr_lines + 1)],
+            [f"out-{i}" for i in range(1, self.stdout_lines + 1)] * self.attempts,
+            [f"err-{i}" for i in range(1, self.stderr_lines + 1)] * self.attempts,
         )
 
 
@@ -78,6 +84,7 @@ VARIANTS = [
     Variant("slow", 60, 10, 3, "2"),
     Variant("failing", 10, 10, 7, "0.2"),
     Variant("silent", 0, 0, 0, "1"),
+    Variant("retried", 30, 5, 9, "1", retries=1),
 ]
 
 
@@ -89,6 +96,7 @@ class Daemon:
         self.config = root / "config.yaml"
         self.config.write_text(
             f"socket: {self.socket}\ndatabase: {self.database}\nmax_concurrent_runs: 4\n"
+            "defaults:\n  backoff_base: 1s\n"
         )
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -136,6 +144,7 @@ def apply_variants(daemon: Daemon, root: Path, namespace: str) -> None:
             "command": v.command,
             "suspend": True,
             "concurrency_policy": "Allow",
+            "backoff_limit": v.retries,
         }
         for v in VARIANTS
     }
@@ -206,7 +215,7 @@ def check_run(client: Client, run: dict[str, Any]) -> list[str]:
     events = Counter(e["type"] for e in client.stream_events(run["id"]))
     if events["finished"] != 1:
         problems.append(f"{events['finished']} finished events")
-    if events["container_started"] != 1 or run["attempt"] != 1:
+    if events["container_started"] != variant.attempts or run["attempt"] != variant.attempts:
         problems.append(
             f"container started {events['container_started']} times, attempt {run['attempt']}"
         )
@@ -272,8 +281,8 @@ def main() -> int:
         unconfirmed = len(listed - set(accepted))
         print(
             f"{len(runs)} runs ({unconfirmed} accepted with the answer lost to a kill), "
-            f"{sum(kills)} kills in {time.monotonic() - began:.0f}s; statuses on disk at the "
-            f"kills: {dict(seen)}"
+            f"{sum(kills)} kills in {time.monotonic() - began:.0f}s; run states on disk, "
+            f"summed over the kills: {dict(seen)}"
         )
     except ApiError as exc:
         problems = [f"API error {exc.status}: {exc.detail}"]
