@@ -95,6 +95,12 @@ class Engine:
         self._background.append(asyncio.create_task(self._watch_events(), name="events"))
         self._background.append(asyncio.create_task(self._supervise(), name="supervisor"))
 
+    def stop_starting(self) -> None:
+        """The first step of a shutdown: no run starts from now on; started ones go on."""
+        for task in self._background:
+            if task.get_name() == "supervisor":
+                task.cancel()
+
     async def stop(self) -> None:
         """Stop starting runs and stop following containers; they keep running."""
         for task in [*self._background, *self._tasks.values()]:

@@ -39,11 +39,25 @@ class CrashDaemon(Daemon):
             self.database = database
         self.proxy_socket = root / "docker.sock"
         self.hold = root / "hold-starts"
+        self.gates = root / "gates"  # files the jobs wait for: no timing in these tests
+        self.gates.mkdir(exist_ok=True)
         self.proxy: subprocess.Popen[bytes] | None = None
         self.config.write_text(
             f"socket: {self.socket}\ndatabase: {self.database}\n"
-            f"docker_host: unix://{self.proxy_socket}\n{extra_config}"
+            f"docker_host: unix://{self.proxy_socket}\n"
+            f"policy:\n  allowed_bind_paths: [{self.gates}]\n{extra_config}"
         )
+
+    def jobs(self, scripts: dict[str, str], **fields: Any) -> dict[str, dict[str, Any]]:
+        """Jobs that apply does not start (each test starts its runs), with the gates."""
+        volumes = [f"{self.gates}:/gates:rw"]
+        return {
+            name: {"command": ["sh", "-c", cmd], "suspend": True, "volumes": volumes, **fields}
+            for name, cmd in scripts.items()
+        }
+
+    def open_gate(self, name: str) -> None:
+        (self.gates / name).touch()
 
     def start_proxy(self) -> None:
         self.proxy = subprocess.Popen(
@@ -130,9 +144,9 @@ def numbered(prefix: str, first: int, last: int) -> str:
     return "".join(f"{prefix}{i}\n" for i in range(first, last + 1))
 
 
-def suspended(scripts: dict[str, str]) -> dict[str, dict[str, Any]]:
-    """Jobs that apply starts nothing for: each test starts its runs when it wants them."""
-    return {name: {"command": ["sh", "-c", cmd], "suspend": True} for name, cmd in scripts.items()}
+def gate(name: str) -> str:
+    """A shell snippet that waits until the test opens the gate `name`."""
+    return f"until [ -e /gates/{name} ]; do sleep 0.1; done"
 
 
 def lines(prefix: str, first: int, last: int, stderr: bool = False) -> str:
@@ -147,10 +161,10 @@ def test_kill9_with_runs_pending_starting_and_running_loses_and_repeats_nothing(
     d.start()
     scripts = {
         # keeps running through the outage
-        "adopt": f"{lines('a-', 1, 150)}; {lines('a-err-', 1, 150, True)}; sleep 15; "
+        "adopt": f"{lines('a-', 1, 150)}; {lines('a-err-', 1, 150, True)}; {gate('adopt')}; "
         f"{lines('a-', 151, 300)}; exit 0",
         # finishes while the daemon is down
-        "finish": f"{lines('b-', 1, 100)}; sleep 2; {lines('b-', 101, 200)}; "
+        "finish": f"{lines('b-', 1, 100)}; {gate('finish')}; {lines('b-', 101, 200)}; "
         f"{lines('b-err-', 1, 50, True)}; exit 5",
         # removed by someone else while the daemon is down
         "vanish": "echo c-before; sleep 120",
@@ -163,7 +177,7 @@ def test_kill9_with_runs_pending_starting_and_running_loses_and_repeats_nothing(
     file = manifest(
         tmp_path / "m.json",
         namespace,
-        suspended(scripts),
+        d.jobs(scripts),
     )
     assert d.cli("apply", "-f", str(file)).returncode == 0
     ids = {name: d.start_job(namespace, name) for name in ("adopt", "finish", "vanish")}
@@ -189,12 +203,16 @@ def test_kill9_with_runs_pending_starting_and_running_loses_and_repeats_nothing(
 
     d.kill()
     docker("rm", "-f", *containers_of(namespace, ids["vanish"]))
+    d.open_gate("finish")
     finished = containers_of(namespace, ids["finish"])[0]
     until(lambda: container_status(finished) == "exited", "finish's container to exit")
     assert container_status(containers_of(namespace, ids["adopt"])[0]) == "running"
     assert container_status(held_container) == "created"  # never started
     d.hold.unlink()
     d.start()
+    until(lambda: "reattached" in d.event_types(ids["adopt"]), "adopt to be reattached")
+    assert d.run(ids["adopt"])["status"] == "running"  # followed while it runs on
+    d.open_gate("adopt")
 
     expected = {
         "adopt": (0, "completed", None, numbered("a-", 1, 300), numbered("a-err-", 1, 150)),
@@ -235,7 +253,7 @@ def test_engine_outage_keeps_the_daemon_up_and_finishes_every_run(
     d = crash_daemon()
     d.start()
     scripts = {
-        "survives": f"{lines('x-', 1, 50)}; sleep 8; {lines('x-', 51, 100)}; exit 4",
+        "survives": f"{lines('x-', 1, 50)}; {gate('survive')}; {lines('x-', 51, 100)}; exit 4",
         "killed": "echo y-before; sleep 120",
         "removed": "echo z-before; sleep 120",
         "later": "echo w-out",
@@ -243,7 +261,7 @@ def test_engine_outage_keeps_the_daemon_up_and_finishes_every_run(
     file = manifest(
         tmp_path / "m.json",
         namespace,
-        suspended(scripts),
+        d.jobs(scripts),
     )
     assert d.cli("apply", "-f", str(file)).returncode == 0
     ids = {name: d.start_job(namespace, name) for name in ("survives", "killed", "removed")}
@@ -265,6 +283,8 @@ def test_engine_outage_keeps_the_daemon_up_and_finishes_every_run(
     assert not containers_of(namespace, ids["later"])
 
     d.start_proxy()
+    until(lambda: "ringjobs_docker_up 1.0" in d.cli_metrics(), "/metrics to say docker is up")
+    d.open_gate("survive")  # it ran through the whole outage
     expected = {
         "survives": (4, "failed", "exit_code", numbered("x-", 1, 100)),
         "killed": (1, "failed", "signal", "y-before\n"),
@@ -280,7 +300,6 @@ def test_engine_outage_keeps_the_daemon_up_and_finishes_every_run(
     assert d.run(ids["killed"])["exit_code"] == 137
     assert "killed by signal 9" in d.run(ids["killed"])["message"]
     assert "engine_lost" in d.event_types(ids["survives"])
-    until(lambda: "ringjobs_docker_up 1.0" in d.cli_metrics(), "/metrics to say docker is up")
     assert d.cli("doctor").returncode == 0
 
 
@@ -291,13 +310,13 @@ def test_sigterm_flushes_logs_starts_nothing_and_the_next_start_reattaches(
     d = crash_daemon("max_concurrent_runs: 1\nlogs:\n  flush_interval: 60s\n")
     d.start()
     scripts = {
-        "busy": f"{lines('p-', 1, 30)}; sleep 6; {lines('p-', 31, 60)}; exit 3",
+        "busy": f"{lines('p-', 1, 30)}; {gate('busy')}; {lines('p-', 31, 60)}; exit 3",
         "waiting": "echo q-out",
     }
     file = manifest(
         tmp_path / "m.json",
         namespace,
-        suspended(scripts),
+        d.jobs(scripts),
     )
     assert d.cli("apply", "-f", str(file)).returncode == 0
     busy = d.start_job(namespace, "busy")
@@ -320,6 +339,8 @@ def test_sigterm_flushes_logs_starts_nothing_and_the_next_start_reattaches(
     assert (statuses[int(busy)], statuses[int(waiting)]) == ("running", "pending")
 
     d.start()
+    until(lambda: "reattached" in d.event_types(busy), "busy to be reattached")
+    d.open_gate("busy")
     assert d.cli("run", "wait", busy).returncode == 3
     assert d.output(busy) == (numbered("p-", 1, 60), "")
     assert "reattached" in d.event_types(busy)
@@ -386,13 +407,13 @@ def test_a_full_disk_answers_503_and_reports_nothing_done_before_it_is_saved(
     d = crash_daemon(database=small_disk / "rj.db")
     d.start()
     scripts = {
-        "writer": f"{lines('r-', 1, 20)}; sleep 5; {lines('r-', 21, 400)}; exit 0",
+        "writer": f"{lines('r-', 1, 20)}; {gate('writer')}; {lines('r-', 21, 400)}; exit 0",
         "other": "echo s-out",
     }
     file = manifest(
         tmp_path / "m.json",
         namespace,
-        suspended(scripts),
+        d.jobs(scripts),
     )
     assert d.cli("apply", "-f", str(file)).returncode == 0
     writer = d.start_job(namespace, "writer")
@@ -412,6 +433,7 @@ def test_a_full_disk_answers_503_and_reports_nothing_done_before_it_is_saved(
     assert "free disk space" in refused.detail
     doctor = d.cli("doctor")
     assert doctor.returncode != 0 and "free disk space" in doctor.stdout, doctor.stdout
+    d.open_gate("writer")
     container = containers_of(namespace, writer)[0]
     until(lambda: container_status(container) == "exited", "the writer's container to exit")
     time.sleep(2)  # the daemon tries to save the end meanwhile, and cannot
@@ -426,28 +448,17 @@ def test_a_full_disk_answers_503_and_reports_nothing_done_before_it_is_saved(
 
 
 def test_kill9_during_a_retry_follows_the_newest_attempt_not_a_kept_older_one(
-    crash_daemon: Callable[..., CrashDaemon], namespace: str, tmp_path: Path, short_tmp: Path
+    crash_daemon: Callable[..., CrashDaemon], namespace: str, tmp_path: Path
 ) -> None:
-    shared = short_tmp / "shared"
-    shared.mkdir()
-    d = crash_daemon(f"defaults:\n  backoff_base: 1s\npolicy:\n  allowed_bind_paths: [{shared}]\n")
+    d = crash_daemon("defaults:\n  backoff_base: 1s\n")
     d.start()
     # Attempt 1 fails with 3 and its container is kept; attempt 2 runs, then exits 4.
     script = (
-        "if [ -e /m/first ]; then echo second; sleep 6; exit 4; fi; "
-        "touch /m/first; echo first; exit 3"
+        f"if [ -e /gates/first ]; then echo second; {gate('second')}; exit 4; fi; "
+        "touch /gates/first; echo first; exit 3"
     )
-    job = {
-        "command": ["sh", "-c", script],
-        "suspend": True,
-        "backoff_limit": 1,
-        "keep_container": "2m",
-        "volumes": [f"{shared}:/m:rw"],
-    }
-    assert (
-        d.cli("apply", "-f", str(manifest(tmp_path / "m.json", namespace, {"r": job}))).returncode
-        == 0
-    )
+    jobs = d.jobs({"r": script}, backoff_limit=1, keep_container="2m")
+    assert d.cli("apply", "-f", str(manifest(tmp_path / "m.json", namespace, jobs))).returncode == 0
     run_id = d.start_job(namespace, "r")
     until(
         lambda: d.run(run_id)["attempt"] == 2 and d.run(run_id)["status"] == "running",
@@ -456,6 +467,7 @@ def test_kill9_during_a_retry_follows_the_newest_attempt_not_a_kept_older_one(
     assert len(containers_of(namespace, run_id)) == 2  # attempt 1's is kept
     d.kill()
     d.start()
+    d.open_gate("second")
     waited = d.cli("run", "wait", run_id)
     assert waited.returncode == 4, waited.stderr  # attempt 2's code, not the kept 3
     run = d.run(run_id)
@@ -468,7 +480,7 @@ def test_a_read_only_database_answers_503_then_recovers(
 ) -> None:
     d = crash_daemon()
     d.start()
-    file = manifest(tmp_path / "m.json", namespace, suspended({"ro": "echo ro-out"}))
+    file = manifest(tmp_path / "m.json", namespace, d.jobs({"ro": "echo ro-out"}))
     assert d.cli("apply", "-f", str(file)).returncode == 0
     files = [str(d.database), f"{d.database}-wal"]  # immutable: read-only even for root
     if subprocess.run(["chattr", "+i", *files], capture_output=True).returncode != 0:
