@@ -159,6 +159,8 @@ class Daemon:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
+        if self.engine is not None:
+            self.engine.stop_starting()  # not even during the grace of in-flight requests
         steps = [
             self.runner.cleanup if self.runner else None,  # stop accepting requests
             self.scheduler.stop if self.scheduler else None,  # stop firing

@@ -26,7 +26,7 @@ from ringjobs.engine.retention import HistoryKeeper
 from ringjobs.engine.secretvault import SecretVault
 from ringjobs.exceptions import Conflict, EngineUnavailable, NotFound
 from ringjobs.models import JobSpec, Run, RunStatus, StopIntent, Trigger, utcnow
-from ringjobs.runtime.base import LABEL_RUN, ContainerState, Runtime
+from ringjobs.runtime.base import LABEL_ATTEMPT, LABEL_RUN, ContainerState, Runtime
 from ringjobs.store import Store
 from ringjobs.store.schedules import ScheduledFire
 from ringjobs.store.store import ApplyOutcome
@@ -41,6 +41,7 @@ log = structlog.get_logger(__name__)
 # Policies whose new run waits until the job's executing run is over.
 _WAITS_FOR_ACTIVE = frozenset({"Queue", "Replace"})
 _ENGINE_POLL = 2.0  # seconds between checks of an engine that does not answer
+_ENGINE_POLL_MAX = 8.0  # the events watcher backs off to this during a long outage
 
 
 @dataclass(frozen=True)
@@ -105,6 +106,12 @@ class Engine:
             self._reconciled = False
         self._background.append(asyncio.create_task(self._watch_events(), name="events"))
         self._background.append(asyncio.create_task(self._supervise(), name="supervisor"))
+
+    def stop_starting(self) -> None:
+        """The first step of a shutdown: no run starts from now on; started ones go on."""
+        for task in self._background:
+            if task.get_name() == "supervisor":
+                task.cancel()
 
     async def stop(self) -> None:
         """Stop starting runs and stop following containers; they keep running."""
@@ -265,7 +272,7 @@ class Engine:
                     asyncio.get_running_loop().call_later(
                         executor.retry_after, self.enqueue, run_id
                     )
-                if executor.engine_lost:
+                if executor.engine_lost or executor.store_lost:
                     self._reattach_later()
             except asyncio.CancelledError:
                 raise
@@ -296,20 +303,23 @@ class Engine:
     async def _reconcile_when_back(self) -> None:
         while not self._reconciled:
             await asyncio.sleep(_ENGINE_POLL)
+            self._reconciled = True  # before: a run that fails again meanwhile clears it
             try:
                 self.engine_ok = bool(await self.runtime.version())
                 await self.reconcile()
-                self._reconciled = True
                 self._ready.set()
             except Exception as exc:
+                self._reconciled = False
                 self.engine_ok = False
                 log.warning("reattach_pending", error=str(exc))
 
     async def _watch_events(self) -> None:
         """OOM events complement State.OOMKilled; also re-reconciles after engine outages."""
+        delay = _ENGINE_POLL
         while True:
             try:
                 self.engine_ok = bool(await self.runtime.version())
+                delay = _ENGINE_POLL  # it answers: the next loss starts a fresh backoff
                 if not self._reconciled:
                     await self.reconcile()
                     self._reconciled = True
@@ -326,7 +336,8 @@ class Engine:
                 self.engine_ok = False
                 log.exception("events_watch_failed")
             self._wakeup.set()
-            await asyncio.sleep(_ENGINE_POLL)
+            await asyncio.sleep(delay)
+            delay = min(2 * delay, _ENGINE_POLL_MAX)
 
     # -- jobs ------------------------------------------------------------------------
 
@@ -527,7 +538,9 @@ class Engine:
     async def reconcile(self) -> None:
         """Bring every unfinished run in line with what the runtime really has."""
         runs = await self.store.active_runs()
-        containers = await self._containers_by_run()
+        containers, older = await self._containers_by_run()
+        for run_id, container in older:  # an earlier attempt's container, kept or left
+            await self._sweep(run_id, container)
         for run in runs:
             await self._reconcile_run(run, containers.pop(run.id, None))
         for run_id, container in containers.items():
@@ -549,16 +562,30 @@ class Engine:
         loop = asyncio.get_running_loop()
         loop.call_later(left, lambda: asyncio.ensure_future(self._sweep(run_id, container)))
 
-    async def _containers_by_run(self) -> dict[int, ContainerState]:
+    async def _containers_by_run(
+        self,
+    ) -> tuple[dict[int, ContainerState], list[tuple[int, ContainerState]]]:
+        """Each run's latest attempt's container, and the older attempts' containers."""
         found = await self.runtime.list_managed(
             self.store.instance_id
         )  # EngineUnavailable: nothing is decided
-        return {run_id: c for c in found if (run_id := _run_label(c)) is not None}
+        latest: dict[int, ContainerState] = {}
+        older: list[tuple[int, ContainerState]] = []
+        for container in sorted(found, key=_attempt_label):
+            run_id = _run_label(container)
+            if run_id is None:
+                continue
+            if run_id in latest:
+                older.append((run_id, latest[run_id]))
+            latest[run_id] = container
+        return latest, older
 
     async def _reconcile_run(self, run: Run, container: ContainerState | None) -> None:
         if self.is_executing(run.id) or run.id in self._pending:
             return  # already being executed or queued by this daemon
         if run.status == RunStatus.PENDING:
+            if container is not None:  # a pending run's container is a finished attempt's
+                await self._sweep(run.id, container)
             self.enqueue(run.id)
         elif run.fans_out:
             await self._requeue(run, "its completions are followed again")
@@ -583,11 +610,13 @@ class Engine:
             )
 
     async def _requeue(self, run: Run, why: str) -> None:
+        """A run whose container never started: its attempt is made again, not counted."""
         await self.store.update_run(
             run.id,
             ("requeued", f"daemon restarted: {why}"),
             only_if_active=True,
             status=RunStatus.PENDING,
+            attempt=max(run.attempt - 1, 0),
         )
         self.enqueue(run.id)
 
@@ -597,6 +626,11 @@ def _starts_on_apply(spec: JobSpec, active_run_ids: list[int]) -> bool:
     if spec.schedule or spec.suspend:
         return False
     return not (active_run_ids and spec.concurrency_policy == "Forbid")
+
+
+def _attempt_label(container: ContainerState) -> int:
+    value = container.labels.get(LABEL_ATTEMPT, "")
+    return int(value) if value.isdigit() else 0
 
 
 def _run_label(container: ContainerState) -> int | None:

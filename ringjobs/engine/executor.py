@@ -28,7 +28,7 @@ from ringjobs.engine.notify import Notifier
 from ringjobs.engine.outcome import classify_exit
 from ringjobs.engine.prepare import prepare_attempt
 from ringjobs.engine.source import SourceNotFound, SourceProblem
-from ringjobs.exceptions import EngineUnavailable
+from ringjobs.exceptions import EngineUnavailable, StoreUnavailable
 from ringjobs.models import FailureReason, Run, RunStatus, StopIntent, utcnow
 from ringjobs.retry import backoff_delay, should_retry
 from ringjobs.runtime.base import (
@@ -97,6 +97,7 @@ class RunExecutor:
         self.attempt = max(run.attempt, 1)
         self.retry_after: float | None = None  # set when a failed attempt will be retried
         self.engine_lost = False  # the engine went away under a live container
+        self.store_lost = False  # the database refused a write: reconcile once it accepts
         self._pump_task: asyncio.Task[None] | None = None
 
     async def execute(self) -> None:
@@ -125,6 +126,11 @@ class RunExecutor:
             await work
         except RunAlreadyFinal:
             log.info("run_already_final", run_id=self.run.id)  # finished by someone else
+        except StoreUnavailable as exc:
+            # Disk full or read-only: what happened is not on disk, so nothing is reported
+            # (no failure could be written either); reconciliation finishes the run later.
+            log.warning("run_state_not_saved", run_id=self.run.id, error=str(exc))
+            self.store_lost = True
         except EngineUnavailable as exc:
             await self._engine_gone(exc)
         except tuple(cls for cls, _ in _FAILURES) as exc:
@@ -233,13 +239,13 @@ class RunExecutor:
         if container.running and self.run.stop_intent is not None:
             # The intent was saved but the daemon died before the signal: send it now.
             await self.ctx.runtime.stop(self.container_id, self.run.spec.stop_grace_period_seconds)
+        if self.run.status != RunStatus.RUNNING:  # it started before the daemon could say so
+            await self._transition(
+                ("container_started", f"container found {container.status}"),
+                status=RunStatus.RUNNING,
+                started_at=utcnow(),
+            )
         if container.running:
-            if self.run.status != RunStatus.RUNNING:
-                await self._transition(
-                    ("container_started", "container found running"),
-                    status=RunStatus.RUNNING,
-                    started_at=utcnow(),
-                )
             exit_code = await self._wait_with_deadline()
         else:
             exit_code = container.exit_code if container.exit_code is not None else -1

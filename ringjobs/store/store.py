@@ -62,6 +62,7 @@ _PRAGMAS = (
     "foreign_keys = ON",
     "busy_timeout = 5000",
 )
+_INTEGRITY_ERRORS = 5  # problems quoted when the database fails its check at start
 _RUN_FILTERS = ("namespace", "job", "status")
 _STREAM_CODES = {"system": 0, "stdout": 1, "stderr": 2}
 _STREAM_NAMES = {code: name for name, code in _STREAM_CODES.items()}
@@ -144,6 +145,7 @@ class Store:
         self._lock = asyncio.Lock()
         self._writer = await self._connect()
         try:
+            await self._check_integrity(self._writer)
             await self._migrate(self._writer)
             self._reader = await self._connect()
             await self._reader.execute("PRAGMA query_only = ON")
@@ -169,6 +171,21 @@ class Store:
                 "move it away to start afresh)"
             ) from exc
         return db
+
+    async def _check_integrity(self, db: aiosqlite.Connection) -> None:
+        """Refuse a damaged database: running on it could lose or mix up history."""
+        try:
+            rows = await db.execute_fetchall(f"PRAGMA integrity_check({_INTEGRITY_ERRORS})")
+            problems = [str(r[0]) for r in rows if str(r[0]) != "ok"]
+        except sqlite3.DatabaseError as exc:
+            problems = [str(exc)]
+        if problems:
+            raise StoreUnavailable(
+                f"database {self.path} is damaged (integrity_check: {'; '.join(problems)}). "
+                "The daemon does not start on a damaged history. Stop here, copy the file "
+                f"aside, then either salvage it (sqlite3 {self.path} .recover | sqlite3 "
+                "NEW.db, and start with --database NEW.db) or restore a backup"
+            )
 
     async def _migrate(self, db: aiosqlite.Connection) -> None:
         try:
@@ -205,8 +222,13 @@ class Store:
         return max(v for v, _ in migrations())
 
     async def check(self) -> None:
-        """Raise StoreUnavailable unless the database answers a read."""
+        """Raise StoreUnavailable unless the database answers a read and commits a write.
+
+        The write shows a full disk or a read-only file now, not when a run next needs it.
+        """
         await self._fetchone("SELECT 1", {})
+        async with self._write() as db:
+            await db.execute(_q("probe_write"), {"now": format_time(utcnow())})
 
     # -- plumbing ----------------------------------------------------------------
 

@@ -97,3 +97,26 @@ async def test_engine_down_at_start_defers_reconciliation(tmp_path: Path) -> Non
     finally:
         await engine.stop()
         await store.close()
+
+
+async def test_stop_starting_leaves_queued_runs_pending(tmp_path: Path) -> None:
+    config = load_config(None, {"database": tmp_path / "db", "socket": tmp_path / "s"}, {})
+    store = Store(config.database)
+    await store.open()
+    runtime = FakeRuntime()
+    runtime.up = True
+    engine = Engine(store, runtime, config)  # type: ignore[arg-type]
+    await engine.start()
+    try:
+        engine.stop_starting()  # SIGTERM's first step
+        spec = JobSpec(namespace="ns", name="job", image="img")
+        run_id = await store.create_run(spec, 1, Trigger.MANUAL, None)
+        engine.enqueue(run_id)
+        for _ in range(20):  # give a (wrongly) live supervisor every chance to take it
+            await asyncio.sleep(0.01)
+        assert engine.queue_position(run_id) == 1 and engine.active_count == 0
+        run = await store.get_run(run_id)
+        assert run is not None and run.status == RunStatus.PENDING
+    finally:
+        await engine.stop()
+        await store.close()

@@ -236,3 +236,7 @@ ORDER BY id DESC LIMIT 1;
 -- name: link_fire
 UPDATE schedule_fires SET run_id = :run_id
 WHERE namespace = :namespace AND job = :job AND fire_at = :fire_at;
+
+-- name: probe_write
+INSERT INTO meta (key, value) VALUES ('last_write_check', :now)
+ON CONFLICT (key) DO UPDATE SET value = excluded.value;
