@@ -47,6 +47,7 @@ def _paths() -> dict[str, Any]:
                 "Apply manifests",
                 _answer(_OBJECT),
                 400,
+                403,
                 413,
                 422,
                 requestBody={**body, "required": True},
@@ -57,13 +58,13 @@ def _paths() -> dict[str, Any]:
         },
         "/v1/jobs/{ns}/{name}": {
             "get": _op("Inspect a job", _answer(_OBJECT), 404, parameters=_NS_NAME),
-            "delete": _op("Delete a job", _answer(_OBJECT), 404, 409, parameters=_NS_NAME),
+            "delete": _op("Delete a job", _answer(_OBJECT), 403, 404, 409, parameters=_NS_NAME),
         },
         "/v1/jobs/{ns}/{name}/runs": {
             "post": {
                 "summary": "Start a run of the current revision",
                 "parameters": _NS_NAME,
-                "responses": {"201": _answer(_RUN), **_errors(404, 409)},
+                "responses": {"201": _answer(_RUN), **_errors(400, 403, 404, 409, 422)},
             },
         },
         "/v1/runs": {
@@ -93,7 +94,13 @@ def _paths() -> dict[str, Any]:
         },
         "/v1/runs/{id}/cancel": {
             "post": _op(
-                "Cancel a pending or running run", _answer(_RUN), 400, 404, 409, parameters=_RUN_ID
+                "Cancel a pending or running run",
+                _answer(_RUN),
+                400,
+                403,
+                404,
+                409,
+                parameters=_RUN_ID,
             )
         },
         "/v1/runs/{id}/rerun": {
@@ -101,14 +108,14 @@ def _paths() -> dict[str, Any]:
                 "summary": "Replay a run's snapshot with optional overrides",
                 "parameters": _RUN_ID,
                 "requestBody": body,
-                "responses": {"201": _answer(_RUN), **_errors(400, 404, 409, 422)},
+                "responses": {"201": _answer(_RUN), **_errors(400, 403, 404, 409, 422)},
             }
         },
         "/v1/exec": {
             "post": {
                 "summary": "Start a recorded one-off run",
                 "requestBody": body,
-                "responses": {"201": _answer(_RUN), **_errors(400, 422)},
+                "responses": {"201": _answer(_RUN), **_errors(400, 403, 422)},
             }
         },
         "/v1/runs/{id}/logs": {
@@ -117,6 +124,7 @@ def _paths() -> dict[str, Any]:
                 _answer(_OBJECT, _NDJSON),
                 400,
                 404,
+                429,
                 parameters=[
                     *_RUN_ID,
                     _param("follow"),
@@ -132,6 +140,7 @@ def _paths() -> dict[str, Any]:
                 _answer(_OBJECT, _NDJSON),
                 400,
                 404,
+                429,
                 parameters=[*_RUN_ID, _param("follow")],
             )
         },
@@ -141,9 +150,22 @@ def _paths() -> dict[str, Any]:
                 "Remove finished runs with their logs, events and containers",
                 _answer(_OBJECT),
                 400,
+                403,
                 404,
                 parameters=[_param("ns", where="path")],
                 requestBody=body,
+            )
+        },
+        "/v1/audit": {
+            "get": _op(
+                "Changes made through the socket, newest first, with the caller's uid and pid",
+                _answer(_OBJECT),
+                400,
+                parameters=[
+                    _param("run", "integer"),
+                    _param("limit", "integer"),
+                    _param("before", "integer"),
+                ],
             )
         },
     }

@@ -17,11 +17,14 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 _TITLES = {
     400: "bad request",
+    403: "forbidden",
     404: "not found",
     405: "method not allowed",
+    408: "timeout",
     409: "conflict",
     413: "too large",
     422: "invalid input",
+    429: "too many requests",
     500: "internal error",
     503: "unavailable",
 }

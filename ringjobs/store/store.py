@@ -518,6 +518,34 @@ class Store:
             except sqlite3.Error as exc:
                 raise StoreUnavailable(f"cannot reclaim space in {self.path}: {exc}") from exc
 
+    # -- audit (who changed what through the socket) ---------------------------------
+
+    async def add_audit_event(self, event: dict[str, Any]) -> None:
+        """One mutating request: caller_uid, caller_pid, action, target, status, run_id, data."""
+        params = {**event, "time": format_time(utcnow()), "data": json.dumps(event["data"])}
+        async with self._write() as db:
+            await db.execute(_q("insert_audit_event"), params)
+
+    async def list_audit_events(
+        self, run_id: int | None, before: int | None, limit: int
+    ) -> list[dict[str, Any]]:
+        params = {"run_id": run_id, "before": before, "limit": limit}
+        rows = await self._fetchall(_q("list_audit_events"), params)
+        return [{**dict(r), "data": json.loads(r["data"])} for r in rows]
+
+    async def tail_start_seq(
+        self, run_id: int, tail: int, since_us: int, stream: str | None
+    ) -> int:
+        """The seq of the first of the last `tail` lines: a tail is then read page by page."""
+        params = {
+            "run_id": run_id,
+            "tail": tail,
+            "since": since_us,
+            "stream": _STREAM_CODES[stream] if stream else None,
+        }
+        row = await self._fetchone(_q("tail_start_seq"), params)
+        return int(row[0]) if row else 0
+
 
 # -- row helpers ---------------------------------------------------------------
 

@@ -86,3 +86,17 @@ CREATE TABLE log_lines (
     line    TEXT NOT NULL
 );
 CREATE UNIQUE INDEX log_lines_by_run ON log_lines (run_id, seq);
+
+-- Who changed what through the socket (caller uid and pid); never pruned.
+CREATE TABLE audit_events (
+    id         INTEGER PRIMARY KEY,
+    time       TEXT NOT NULL,
+    caller_uid INTEGER,
+    caller_pid INTEGER,
+    action     TEXT NOT NULL,
+    target     TEXT NOT NULL,
+    status     INTEGER NOT NULL,
+    run_id     INTEGER,
+    data       TEXT NOT NULL DEFAULT '{}'
+);
+CREATE INDEX audit_events_by_run ON audit_events (run_id, id);
