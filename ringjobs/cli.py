@@ -648,6 +648,28 @@ def _print_prune(namespace: str, result: JSON) -> None:
         print("  " + ", ".join(f"{name}: {value}" for name, value in counts.items()))
 
 
+def _audit_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--run", type=_positive_int, metavar="ID", help="only changes to this run")
+    parser.add_argument("--limit", type=_positive_int, metavar="N", help="at most N (100)")
+    parser.add_argument("--before", type=_positive_int, metavar="ID", help="entries older than ID")
+    _add_output(parser)
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    """Who changed what through the socket, newest first."""
+    result = _client(args).list_audit(args.run, args.limit, args.before)
+    if args.output == "json":
+        _print_json(result)
+        return exitcodes.OK
+    keys = ("id", "caller_uid", "caller_pid", "action", "target", "status", "run_id")
+    rows = [
+        [_local_time(event.get("time")), *(event.get(key) for key in keys)]
+        for event in result.get("events", [])
+    ]
+    _print_table(("TIME", "ID", "UID", "PID", "ACTION", "TARGET", "STATUS", "RUN"), rows)
+    return exitcodes.OK
+
+
 def cmd_daemon(args: argparse.Namespace) -> int:
     # The only command that may load the heavy daemon stack (aiohttp, docker, pydantic).
     from pathlib import Path
@@ -1051,7 +1073,7 @@ def _format_seconds(seconds: float) -> str:
 
 # -- command table ---------------------------------------------------------------------
 
-_TOP_LEVEL = ("apply", "job", "run", "logs", "exec", "namespace", "daemon", "doctor")
+_TOP_LEVEL = ("apply", "job", "run", "logs", "exec", "namespace", "audit", "daemon", "doctor")
 _GROUPS = {
     "job": "list, inspect, run and delete jobs",
     "run": "list, inspect, wait for, cancel and follow runs",
@@ -1078,6 +1100,7 @@ _LEAVES: dict[str, tuple[str, Handler, ArgumentAdder]] = {
     "logs": ("print a run's logs", cmd_logs, _logs_arguments),
     "namespace list": ("list namespaces", cmd_namespace_list, _add_output),
     "namespace prune": ("remove finished runs", cmd_namespace_prune, _prune_arguments),
+    "audit": ("who changed what, with uid and pid", cmd_audit, _audit_arguments),
     "daemon": ("run the daemon in the foreground", cmd_daemon, _daemon_arguments),
     "doctor": ("check the socket, daemon, Docker, database", cmd_doctor, _no_arguments),
 }

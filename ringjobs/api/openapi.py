@@ -32,7 +32,17 @@ def _op(summary: str, ok: dict[str, Any], *errors: int, **extra: Any) -> dict[st
     return {"summary": summary, "responses": {"200": ok, **_errors(*errors)}, **extra}
 
 
-_NS_NAME = [_param("ns", where="path"), _param("name", where="path")]
+_DNS_LABEL = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
+
+
+def _label(name: str, where: str = "path") -> dict[str, Any]:
+    """A namespace or job name: a DNS label."""
+    param = _param(name, where=where)
+    param["schema"]["pattern"] = _DNS_LABEL
+    return param
+
+
+_NS_NAME = [_label("ns"), _label("name")]
 _RUN_ID = [_param("id", "integer", "path")]
 _OBJECT = {"type": "object"}
 _NDJSON = "application/x-ndjson"
@@ -54,7 +64,9 @@ def _paths() -> dict[str, Any]:
             )
         },
         "/v1/jobs": {
-            "get": _op("List jobs", _answer(_OBJECT), 404, parameters=[_param("namespace")])
+            "get": _op(
+                "List jobs", _answer(_OBJECT), 404, parameters=[_label("namespace", "query")]
+            )
         },
         "/v1/jobs/{ns}/{name}": {
             "get": _op("Inspect a job", _answer(_OBJECT), 404, parameters=_NS_NAME),
@@ -64,6 +76,7 @@ def _paths() -> dict[str, Any]:
             "post": {
                 "summary": "Start a run of the current revision",
                 "parameters": _NS_NAME,
+                "requestBody": body,
                 "responses": {"201": _answer(_RUN), **_errors(400, 403, 404, 409, 422)},
             },
         },
@@ -74,8 +87,8 @@ def _paths() -> dict[str, Any]:
                 400,
                 404,
                 parameters=[
-                    _param("namespace"),
-                    _param("job"),
+                    _label("namespace", "query"),
+                    _label("job", "query"),
                     _param("status"),
                     _param("limit", "integer"),
                     _param("before", "integer"),
@@ -152,7 +165,7 @@ def _paths() -> dict[str, Any]:
                 400,
                 403,
                 404,
-                parameters=[_param("ns", where="path")],
+                parameters=[_label("ns")],
                 requestBody=body,
             )
         },

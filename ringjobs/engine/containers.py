@@ -24,6 +24,13 @@ def network_name(namespace: str) -> str:
     return f"ringjobs_{namespace}"
 
 
+def container_name(run: Run, attempt: int, instance: str) -> str:
+    """Unique to this daemon's database: `_` never occurs in a name (DNS labels), so the
+    parts cannot run into each other, and the instance id keeps another daemon's or
+    another tool's `ringjobs-...` containers from ever colliding with ours."""
+    return f"ringjobs_{run.namespace}_{run.job}_{run.id}_{attempt}_{instance[:12]}"
+
+
 def managed_labels(run: Run, attempt: int, instance: str) -> dict[str, str]:
     return {
         LABEL_MANAGED: "true",
@@ -78,7 +85,7 @@ def container_spec(
     check_supported(spec)
     limits = spec.resources
     return ContainerSpec(
-        name=f"ringjobs-{run.namespace}-{run.job}-{run.id}-{attempt}",
+        name=container_name(run, attempt, instance),
         image=image.id,  # pinned: every attempt runs exactly the resolved image
         labels={**spec.labels, **managed_labels(run, attempt, instance)},
         command=spec.command,
