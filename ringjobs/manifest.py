@@ -988,6 +988,27 @@ def _check_bind(source: str, at: _At, context: _Context) -> None:
         )
 
 
+def bind_source_now(source: str, policy: Policy) -> str:
+    """The bind source resolved again just before the container is made.
+
+    A symlink placed under an allowed path after apply would otherwise let Docker mount
+    whatever it points to; the resolved path is what Docker gets. Raises ValueError.
+    """
+    context = _make_context(policy, JobDefaults(), skip_workers=False)
+    real = _realpath(source)
+    if real is None or not any(_is_under(real, root) for root in context.bind_roots):
+        raise ValueError(
+            f"bind mount source {source!r} now resolves to {real!r}, outside "
+            "policy.allowed_bind_paths (a symlink changed since apply?)"
+        )
+    if _exposes_docker_socket(source, real, context) and not policy.allow_docker_socket:
+        raise ValueError(
+            f"bind mount source {source!r} now resolves to {real!r}, which gives access to "
+            "the Docker socket (policy.allow_docker_socket is false)"
+        )
+    return real
+
+
 def _exposes_docker_socket(source: str, real: str, context: _Context) -> bool:
     if os.path.basename(real) == "docker.sock" or os.path.basename(source) == "docker.sock":
         return True

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from ringjobs.config import Config
-from ringjobs.models import JobSpec, Run, SecretRef
+from ringjobs.manifest import bind_source_now
+from ringjobs.models import JobSpec, Run, SecretRef, VolumeMount
 from ringjobs.runtime.base import (
     LABEL_ATTEMPT,
     LABEL_INSTANCE,
@@ -99,7 +100,7 @@ def container_spec(
         network=_network(spec),
         read_only_rootfs=spec.read_only_rootfs,
         tmpfs=dict(spec.tmpfs),
-        mounts=list(spec.volumes),
+        mounts=_checked_mounts(spec, config),
         privileged=spec.privileged,
         cap_add=list(spec.cap_add),
         pid_mode=spec.pid_mode,
@@ -112,6 +113,21 @@ def container_spec(
         log_max_file=config.logs.docker_max_file,
         stop_grace_seconds=spec.stop_grace_period_seconds,
     )
+
+
+def _checked_mounts(spec: JobSpec, config: Config) -> list[VolumeMount]:
+    """Bind sources checked again at creation: the filesystem may have changed since apply."""
+    mounts = []
+    for mount in spec.volumes:
+        if mount.type == "bind":
+            try:
+                mount = mount.model_copy(
+                    update={"source": bind_source_now(mount.source, config.policy)}
+                )
+            except ValueError as exc:
+                raise ConfigProblem(str(exc)) from None
+        mounts.append(mount)
+    return mounts
 
 
 def _network(spec: JobSpec) -> str:

@@ -106,3 +106,29 @@ async def test_relaxations_allowed_by_policy_reach_docker(harness: Harness) -> N
         "seccomp=unconfined",
         "apparmor=unconfined",
     }
+
+
+async def test_a_bind_source_swapped_for_a_symlink_after_apply_is_refused(
+    namespace: str, tmp_path: Path
+) -> None:
+    allowed = tmp_path / "allowed"
+    (allowed / "data").mkdir(parents=True)
+    (allowed / "data" / "f").write_text("mine\n")
+    policy = {"allowed_bind_paths": [str(allowed)]}
+    h = Harness(make_config(tmp_path, policy=policy), namespace)
+    await h.start()
+    try:
+        entry = f"volumes: ['{allowed}/data:/data:ro'], command: [cat, /data/f]"
+        spec = from_manifest(namespace, entry, Policy(**policy))
+        first = await h.run(spec)  # type: ignore[arg-type]
+        assert first.status == RunStatus.COMPLETED and await h.lines(first.id) == ["mine"]
+
+        (allowed / "data" / "f").unlink()
+        (allowed / "data").rmdir()
+        (allowed / "data").symlink_to("/etc")  # what apply saw is no longer what is there
+        second = await h.run(spec)  # type: ignore[arg-type]
+    finally:
+        await h.stop()
+    assert (second.status, second.reason) == (RunStatus.FAILED, "config_error")
+    assert "now resolves to '/etc'" in (second.message or "")
+    assert second.container_id is None
