@@ -11,7 +11,14 @@ from hypothesis import strategies as st
 
 from ringjobs.config import JobDefaults, Policy
 from ringjobs.exceptions import ValidationFailed
-from ringjobs.manifest import _JOB_FIELDS, ManifestSource, load_manifests
+from ringjobs.manifest import (
+    _JOB_FIELDS,
+    ManifestSource,
+    apply_overrides,
+    exec_spec,
+    load_manifests,
+)
+from ringjobs.models import JobSpec
 
 FUZZ = settings(
     max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow], database=None
@@ -137,3 +144,36 @@ def test_structured_documents_as_yaml_and_json(document: dict[str, Any], lenient
 )
 def test_yaml_fragments(lines: list[str]) -> None:
     check([ManifestSource("m.yaml", "\n".join(lines))], LENIENT)
+
+
+exec_bodies = st.dictionaries(
+    st.sampled_from(["namespace", "image", "command", "environment", "timeout", "network", "x"]),
+    values,
+    max_size=6,
+)
+override_bodies = st.dictionaries(
+    st.sampled_from(["command", "env", "timeout", "backoff_limit", "image"]), values, max_size=4
+)
+
+
+@FUZZ
+@given(exec_bodies)
+def test_exec_requests(body: dict[str, Any]) -> None:
+    try:
+        spec = exec_spec(body, Policy(), JobDefaults())
+    except ValidationFailed as exc:
+        assert exc.violations and all(v.path and v.message for v in exc.violations)
+    else:
+        assert spec.spec_hash()
+
+
+@FUZZ
+@given(override_bodies)
+def test_run_overrides(body: dict[str, Any]) -> None:
+    base = JobSpec(namespace="ns", name="j", image="x", environment={"A": "1"})
+    try:
+        spec = apply_overrides(base, body, JobDefaults())
+    except ValidationFailed as exc:
+        assert exc.violations and all(v.path and v.message for v in exc.violations)
+    else:
+        assert spec.spec_hash() and spec.image == "x"  # an override never swaps the image
