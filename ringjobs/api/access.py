@@ -33,6 +33,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 # Handlers that bound their own duration (a wait is capped; streams end with the run).
 _SELF_BOUNDED = frozenset({"wait_run", "run_logs", "run_events"})
+_NOT_RUN_SCOPED = frozenset({"delete_job", "prune_namespace"})  # their runs stay or go
 _AUDIT_BODY_LIMIT = 1024 * 1024  # larger answers are not parsed for the audit summary
 
 
@@ -103,22 +104,31 @@ async def _audit(
 ) -> None:
     data = _summary(response)
     run_id = data.pop("id", None)
-    if run_id is None and request.match_info.get("id", "").isdigit():
-        run_id = int(request.match_info["id"])
+    raw_id = request.match_info.get("id", "")
+    if run_id is None and raw_id.isascii() and raw_id.isdigit() and len(raw_id) <= 18:
+        run_id = int(raw_id)
     event = {
         "caller_uid": caller.uid if caller else None,
         "caller_pid": caller.pid if caller else None,
         "action": action,
         "target": request.path[:500],
         "status": status,
-        "run_id": run_id if isinstance(run_id, int) else None,
+        "run_id": run_id,
         "data": data,
     }
     log.info("audit", **{k: v for k, v in event.items() if k != "data"})
     try:
-        await store.add_audit_event(event)
+        await store.add_audit_event(event, _runs_touched(action, status, run_id, data))
     except Exception:  # the change happened: a failed record must not turn it into an error
         log.exception("audit_write_failed", action=action)
+
+
+def _runs_touched(action: str, status: int, run_id: int | None, data: dict[str, Any]) -> list[int]:
+    """Runs that a successful request created or cancelled: their events name the caller."""
+    if status >= 300 or action in _NOT_RUN_SCOPED:
+        return []
+    ids = data.get("run_ids") if action == "apply" else [run_id]
+    return [i for i in ids or [] if isinstance(i, int)]
 
 
 def _summary(response: web.StreamResponse | None) -> dict[str, Any]:

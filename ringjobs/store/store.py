@@ -520,11 +520,16 @@ class Store:
 
     # -- audit (who changed what through the socket) ---------------------------------
 
-    async def add_audit_event(self, event: dict[str, Any]) -> None:
-        """One mutating request: caller_uid, caller_pid, action, target, status, run_id, data."""
+    async def add_audit_event(self, event: dict[str, Any], run_ids: Sequence[int] = ()) -> None:
+        """One mutating request (caller_uid, caller_pid, action, target, status, run_id, data),
+        and a `caller` event on each run it created or cancelled, in one transaction."""
         params = {**event, "time": format_time(utcnow()), "data": json.dumps(event["data"])}
+        who = f"uid {event['caller_uid']} (pid {event['caller_pid']})"
+        data = {k: event[k] for k in ("action", "caller_uid", "caller_pid")}
         async with self._write() as db:
             await db.execute(_q("insert_audit_event"), params)
+            for run_id in run_ids:
+                await _insert_event(db, run_id, "caller", f"{event['action']} by {who}", data)
 
     async def list_audit_events(
         self, run_id: int | None, before: int | None, limit: int

@@ -122,3 +122,23 @@ def test_socket_group_may_read_and_only_mutating_uids_may_change(
     assert all(isinstance(e["caller_pid"], int) and e["caller_pid"] > 0 for e in audit)
     table = daemon.cli("audit")
     assert table.returncode == 0 and "apply" in table.stdout and str(uid) in table.stdout
+
+
+def test_run_events_name_who_created_and_cancelled_the_run(
+    plain_daemon: Daemon, namespace: str, tmp_path: Path
+) -> None:
+    daemon = plain_daemon
+    file = manifest(tmp_path / "m.json", namespace, {"nap": {"command": ["sleep", "30"]}})
+    assert daemon.cli("apply", "-f", str(file)).returncode == 0
+    run_id = daemon.latest_run(namespace)
+    daemon.wait_running(run_id)
+    assert daemon.cli("run", "cancel", run_id).returncode == 0
+    assert daemon.cli("run", "wait", run_id).returncode == 130
+
+    result = daemon.cli("run", "events", run_id, "-o", "json")
+    assert result.returncode == 0, result.stderr
+    events = [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
+    callers = [e["data"] for e in events if e["type"] == "caller"]
+    assert [(c["action"], c["caller_uid"]) for c in callers] == [("apply", 0), ("cancel_run", 0)]
+    assert all(c["caller_pid"] > 0 for c in callers)
+    assert callers[0]["caller_pid"] != callers[1]["caller_pid"]  # two CLI processes

@@ -132,6 +132,17 @@ def test_every_change_is_recorded_with_the_callers_uid_and_pid(open_tmp: Path) -
         wait_terminal(server, manual_id)
         cancel, cancel_pid = call_as(NOBODY, server, "POST", f"/v1/runs/{manual_id}/cancel")
         assert cancel["status"] == 409  # already failed: refusals are on record too
+        # The runs' own events name who made them (the refused cancel left none).
+        for made, pid, action in (
+            (run_id, apply_pid, "apply"),
+            (manual_id, run_pid, "start_job_run"),
+        ):
+            events = server.call(server.store.list_events(made))
+            callers = [e for e in events if e.type == "caller"]
+            assert [
+                (e.data["action"], e.data["caller_uid"], e.data["caller_pid"]) for e in callers
+            ] == [(action, NOBODY, pid)]
+            assert f"uid {NOBODY} (pid {pid})" in callers[0].message
         _, delete_pid = call_as(NOBODY, server, "DELETE", "/v1/jobs/acc/j")
         prune, prune_pid = call_as(NOBODY, server, "POST", "/v1/namespaces/acc/prune", {})
         assert prune["status"] == 200 and sorted(prune["body"]["run_ids"]) == [run_id, manual_id]
@@ -162,6 +173,15 @@ def test_reads_are_not_recorded_and_unknown_routes_are_problems(short_tmp: Path)
         assert (status, kind) == (404, "application/problem+json")
         _, _, audit = call(server, "GET", "/v1/audit")
         assert audit["events"] == []
+
+
+def test_odd_run_ids_in_mutating_paths_are_bad_requests(short_tmp: Path) -> None:
+    with ApiServer(short_tmp) as server:
+        for raw in ("%C2%B2", "1" * 30, "-1", "0x1"):
+            status, kind, body = call(server, "POST", f"/v1/runs/{raw}/cancel")
+            assert (status, kind) == (400, "application/problem+json"), (raw, body)
+        _, _, audit = call(server, "GET", "/v1/audit")
+        assert [(e["status"], e["run_id"]) for e in audit["events"]] == [(400, None)] * 4
 
 
 def test_request_body_over_the_cap_is_refused(short_tmp: Path) -> None:
