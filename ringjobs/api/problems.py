@@ -57,7 +57,10 @@ def from_error(exc: RingjobsError) -> web.Response:
         count = len(violations)
         detail = f"{count} problem{'s' if count != 1 else ''} found; nothing was stored"
         return problem(exc.status, detail, exc.code, exc.title, violations)
-    return problem(exc.status, str(exc), exc.code)
+    answer = problem(exc.status, str(exc), exc.code)
+    if exc.status == 429:
+        answer.force_close()  # a refused stream must not keep its connection (and fd) open
+    return answer
 
 
 @web.middleware

@@ -235,6 +235,14 @@ def test_streams_are_capped_and_a_client_that_stops_reading_is_dropped(short_tmp
         status, kind, body = call(server, "GET", f"/v1/runs/{run_id}/events")
         assert (status, kind) == (429, "application/problem+json")
         assert "limits.max_log_streams" in body["detail"]
+        with socket.socket(socket.AF_UNIX) as refused:  # and its connection is not kept
+            refused.settimeout(30)
+            refused.connect(str(server.socket_path))
+            refused.sendall(f"GET /v1/runs/{run_id}/events HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            answer = b""
+            while chunk := refused.recv(65536):  # ends only when the daemon closes it
+                answer += chunk
+            assert answer.startswith(b"HTTP/1.1 429")
         # The stuck readers are dropped after stream_write_timeout and free their slots.
         _wait_until(lambda: _open_streams(server) == 0, within=30)
         status, _, _ = call(server, "GET", f"/v1/runs/{run_id}/events")
