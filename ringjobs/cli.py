@@ -851,6 +851,28 @@ def cmd_schedule_fires(args: argparse.Namespace) -> int:
     return exitcodes.OK
 
 
+def _audit_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--run", type=_positive_int, metavar="ID", help="only changes to this run")
+    parser.add_argument("--limit", type=_positive_int, metavar="N", help="at most N (100)")
+    parser.add_argument("--before", type=_positive_int, metavar="ID", help="entries older than ID")
+    _add_output(parser)
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    """Who changed what through the socket, newest first."""
+    result = _client(args).list_audit(args.run, args.limit, args.before)
+    if args.output == "json":
+        _print_json(result)
+        return exitcodes.OK
+    keys = ("id", "caller_uid", "caller_pid", "action", "target", "status", "run_id")
+    rows = [
+        [_local_time(event.get("time")), *(event.get(key) for key in keys)]
+        for event in result.get("events", [])
+    ]
+    _print_table(("TIME", "ID", "UID", "PID", "ACTION", "TARGET", "STATUS", "RUN"), rows)
+    return exitcodes.OK
+
+
 def cmd_daemon(args: argparse.Namespace) -> int:
     # The only command that may load the heavy daemon stack (aiohttp, docker, pydantic).
     from pathlib import Path
@@ -1267,6 +1289,7 @@ _TOP_LEVEL = (
     "namespace",
     "secret",
     "schedule",
+    "audit",
     "daemon",
     "doctor",
 )
@@ -1311,6 +1334,7 @@ _LEAVES: dict[str, tuple[str, Handler, ArgumentAdder]] = {
     "secret delete": ("delete a secret", cmd_secret_delete, _secret_delete_arguments),
     "schedule list": ("list schedules and next fires", cmd_schedule_list, _namespace_filter),
     "schedule fires": ("show a job's recent fires", cmd_schedule_fires, _schedule_fires_arguments),
+    "audit": ("who changed what, with uid and pid", cmd_audit, _audit_arguments),
     "daemon": ("run the daemon in the foreground", cmd_daemon, _daemon_arguments),
     "doctor": ("check the socket, daemon, Docker, database", cmd_doctor, _no_arguments),
 }

@@ -339,6 +339,11 @@ class Client:
     def cancel_run(self, run_id: int) -> JSON:
         return self._json("POST", f"/v1/runs/{int(run_id)}/cancel", body={})
 
+    def list_audit(
+        self, run: int | None = None, limit: int | None = None, before: int | None = None
+    ) -> JSON:
+        return self._json("GET", "/v1/audit", query={"run": run, "limit": limit, "before": before})
+
     def list_namespaces(self) -> JSON:
         return self._json("GET", "/v1/namespaces")
 

@@ -118,13 +118,18 @@ class Policy(_Section):
     allow_host_network: bool = False
     allow_host_pid: bool = False
     allow_host_ipc: bool = False
+    allow_host_uts: bool = False
+    allow_host_userns: bool = False
+    allowed_devices: list[str] = Field(default_factory=list)
+    allow_unconfined_seccomp: bool = False
+    allow_unconfined_apparmor: bool = False
 
-    @field_validator("allowed_bind_paths")
+    @field_validator("allowed_bind_paths", "allowed_devices")
     @classmethod
     def _absolute(cls, value: list[str]) -> list[str]:
         for path in value:
             if not path.startswith("/"):
-                raise ValueError(f"bind path {path!r} must be absolute")
+                raise ValueError(f"path {path!r} must be absolute")
         return [os.path.normpath(p) for p in value]
 
 
@@ -137,11 +142,49 @@ class SecretSettings(_Section):
         return self.key_file or database.parent / "secret.key"
 
 
+class Limits(_Section):
+    """Bounds on what one client can make the daemon itself hold (memory, fds, time)."""
+
+    max_request_bytes: str = "8Mi"
+    max_jobs_per_apply: int = Field(default=500, ge=1, le=100_000)
+    request_timeout: str = "60s"
+    max_log_streams: int = Field(default=64, ge=1, le=10_000)
+    stream_write_timeout: str = "30s"
+
+    @field_validator("max_request_bytes")
+    @classmethod
+    def _size(cls, value: str) -> str:
+        if parse_memory(value) < 1024 * 1024:
+            raise ValueError("must be at least 1Mi (one manifest may be 1 MiB)")
+        return value
+
+    @field_validator("request_timeout", "stream_write_timeout")
+    @classmethod
+    def _duration(cls, value: str) -> str:
+        if parse_duration(value) <= 0:
+            raise ValueError("must be longer than 0")
+        return value
+
+    @property
+    def max_request_size(self) -> int:
+        return parse_memory(self.max_request_bytes)
+
+    @property
+    def request_timeout_seconds(self) -> float:
+        return parse_duration(self.request_timeout)
+
+    @property
+    def stream_write_timeout_seconds(self) -> float:
+        return parse_duration(self.stream_write_timeout)
+
+
 class Config(_Section):
     """The whole daemon configuration; see config.example.yaml for every key."""
 
     socket: Path = Field(default_factory=default_socket_path)
     socket_group: str | None = None
+    # None: every uid that can open the socket may change things; else only these (and root).
+    mutating_uids: list[int] | None = None
     database: Path = Field(default_factory=default_database_path)
     docker_host: str | None = None
     max_concurrent_runs: int = Field(default=4, ge=1, le=256)
@@ -151,6 +194,7 @@ class Config(_Section):
     logs: LogSettings = Field(default_factory=LogSettings)
     policy: Policy = Field(default_factory=Policy)
     secrets: SecretSettings = Field(default_factory=SecretSettings)
+    limits: Limits = Field(default_factory=Limits)
 
 
 _ENV_KEYS = {

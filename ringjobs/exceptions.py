@@ -47,6 +47,27 @@ class BadRequest(RingjobsError):
     code = "bad_request"
 
 
+class Forbidden(RingjobsError):
+    """The caller may read but not change (mutating_uids)."""
+
+    status = 403
+    code = "forbidden"
+
+
+class RequestTimeout(RingjobsError):
+    """A request exceeded limits.request_timeout (slow body, or a slow read)."""
+
+    status = 408
+    code = "timeout"
+
+
+class TooManyRequests(RingjobsError):
+    """A bounded resource (stream slots) is used up; retry later."""
+
+    status = 429
+    code = "too_many_requests"
+
+
 class EngineUnavailable(RingjobsError):
     """The container engine (Docker) cannot be reached."""
 

@@ -52,6 +52,16 @@ _DNS_LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _VOLUME_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]+")
 _CAPABILITY = re.compile(r"[A-Z][A-Z0-9_]*")
+# A user name or uid, optionally :group or :gid, as `docker run --user` takes it.
+_USER = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,63})?")
+# Mount options a tmpfs may have; suid and dev are left out on purpose.
+_TMPFS_OPTION = re.compile(
+    r"(size=[0-9]+[kmgKMG%]?|mode=[0-7]{3,4}|(uid|gid|nr_inodes|nr_blocks)=[0-9]+[kmgKMG]?"
+    r"|ro|rw|exec|noexec|nosuid|nodev)"
+)
+_DEVICE_PERMISSIONS = re.compile(r"(?!.*(.).*\1)[rwm]{1,3}")
+# security_opt relaxations a manifest may ask for, and the policy key allowing each.
+_SECURITY_OPTS = {"seccomp": "allow_unconfined_seccomp", "apparmor": "allow_unconfined_apparmor"}
 _RESERVED_LABEL_PREFIX = "io.ringjobs."
 _DOCKER_SOCKETS = ("/var/run/docker.sock", "/run/docker.sock")
 
@@ -94,6 +104,10 @@ _EXTENSION_FIELDS = (
     "cap_add",
     "pid",
     "ipc",
+    "uts",
+    "userns_mode",
+    "devices",
+    "security_opt",
 )
 _JOB_FIELDS = _RING_FIELDS + _EXTENSION_FIELDS
 _NAMESPACE_FIELDS = ("name", "environment", "network", "defaults")
@@ -509,12 +523,15 @@ class _Context:
     bind_roots: tuple[str, ...]
     docker_sockets: tuple[str, ...]
     allowed_caps: frozenset[str]
+    allowed_devices: frozenset[str]
 
 
 def _make_context(policy: Policy, defaults: JobDefaults, skip_workers: bool) -> _Context:
     roots = {os.path.normpath(p) for p in policy.allowed_bind_paths}
     roots |= {real for p in policy.allowed_bind_paths if (real := _realpath(p))}
     sockets = set(_DOCKER_SOCKETS) | {real for p in _DOCKER_SOCKETS if (real := _realpath(p))}
+    devices = {os.path.normpath(p) for p in policy.allowed_devices}
+    devices |= {real for p in policy.allowed_devices if (real := _realpath(p))}
     return _Context(
         policy=policy,
         skip_workers=skip_workers,
@@ -523,6 +540,7 @@ def _make_context(policy: Policy, defaults: JobDefaults, skip_workers: bool) -> 
         bind_roots=tuple(sorted(roots)),
         docker_sockets=tuple(sorted(sockets)),
         allowed_caps=frozenset(_normalise_capability(c) for c in policy.allowed_capabilities),
+        allowed_devices=frozenset(devices),
     )
 
 
@@ -983,6 +1001,27 @@ def _check_bind(source: str, at: _At, context: _Context) -> None:
         )
 
 
+def bind_source_now(source: str, policy: Policy) -> str:
+    """The bind source resolved again just before the container is made.
+
+    A symlink placed under an allowed path after apply would otherwise let Docker mount
+    whatever it points to; the resolved path is what Docker gets. Raises ValueError.
+    """
+    context = _make_context(policy, JobDefaults(), skip_workers=False)
+    real = _realpath(source)
+    if real is None or not any(_is_under(real, root) for root in context.bind_roots):
+        raise ValueError(
+            f"bind mount source {source!r} now resolves to {real!r}, outside "
+            "policy.allowed_bind_paths (a symlink changed since apply?)"
+        )
+    if _exposes_docker_socket(source, real, context) and not policy.allow_docker_socket:
+        raise ValueError(
+            f"bind mount source {source!r} now resolves to {real!r}, which gives access to "
+            "the Docker socket (policy.allow_docker_socket is false)"
+        )
+    return real
+
+
 def _exposes_docker_socket(source: str, real: str, context: _Context) -> bool:
     if os.path.basename(real) == "docker.sock" or os.path.basename(source) == "docker.sock":
         return True
@@ -1119,10 +1158,22 @@ def _config_part(raw: dict[Any, Any], at: _At, context: _Context) -> dict[str, A
         return {}
     _check_fields(config, where, ("user", "image_pull_policy"))
     out: dict[str, Any] = {}
-    _put(out, "user", _opt(config, "user", where, _nonempty))
+    _put(out, "user", _opt(config, "user", where, _user))
     policies = ("Always", "IfNotPresent", "Never")
     _put(out, "image_pull_policy", _opt(config, "image_pull_policy", where, _one_of(*policies)))
     return out
+
+
+def _user(value: object, at: _At) -> str | None:
+    text = _nonempty(value, at)
+    if text is not None and not _USER.fullmatch(text):
+        at.fail(
+            f"invalid user {_show(text)} (use a name or uid, optionally :group or :gid, "
+            'like "1000:1000" or "app")',
+            "invalid_value",
+        )
+        return None
+    return text
 
 
 def _timeout_part(raw: dict[Any, Any], at: _At, context: _Context) -> dict[str, Any]:
@@ -1217,10 +1268,25 @@ def _tmpfs(value: object, at: _At) -> dict[str, str] | None:
     out: dict[str, str] = {}
     for path, options, where in items:
         absolute = _abs_path(path, where)
-        text = _string(options, where)
+        text = _tmpfs_options(options, where)
         if absolute is not None and text is not None:
             out[absolute] = text
     return out
+
+
+def _tmpfs_options(value: object, at: _At) -> str | None:
+    text = _string(value, at)
+    if not text:
+        return text
+    bad = [option for option in text.split(",") if not _TMPFS_OPTION.fullmatch(option)]
+    if bad:
+        at.fail(
+            f"invalid tmpfs option {_show(bad[0])} (use size=64m, mode=1777, uid=N, gid=N, "
+            "nr_inodes=N, ro, noexec, nosuid, nodev; suid and dev are refused)",
+            "invalid_value",
+        )
+        return None
+    return text
 
 
 _SCALAR_FIELDS: dict[str, tuple[str, _Reader]] = {
@@ -1284,6 +1350,11 @@ def _privilege_part(raw: dict[Any, Any], at: _At, context: _Context) -> dict[str
     _put(out, "cap_add", _opt(raw, "cap_add", at, lambda v, a: _capabilities(v, a, context)))
     _put(out, "pid_mode", _host_mode(raw, "pid", at, policy.allow_host_pid, "allow_host_pid"))
     _put(out, "ipc_mode", _host_mode(raw, "ipc", at, policy.allow_host_ipc, "allow_host_ipc"))
+    _put(out, "uts_mode", _host_mode(raw, "uts", at, policy.allow_host_uts, "allow_host_uts"))
+    userns = _host_mode(raw, "userns_mode", at, policy.allow_host_userns, "allow_host_userns")
+    _put(out, "userns_mode", userns)
+    _put(out, "devices", _opt(raw, "devices", at, lambda v, a: _devices(v, a, context)))
+    _put(out, "security_opt", _opt(raw, "security_opt", at, lambda v, a: _security(v, a, policy)))
     return out
 
 
@@ -1292,6 +1363,66 @@ def _host_mode(raw: dict[Any, Any], key: str, at: _At, allowed: bool, policy_key
     if mode == "host" and not allowed:
         _forbid(at.child(key), f"{key}: host", policy_key)
     return mode
+
+
+def _devices(value: object, at: _At, context: _Context) -> list[str] | None:
+    items = _string_list(value, at)
+    if items is None:
+        return None
+    found = [_device(text, at.child(i), context) for i, text in enumerate(items)]
+    return list(dict.fromkeys(d for d in found if d is not None))
+
+
+def _device(text: str, at: _At, context: _Context) -> str | None:
+    """HOST[:CONTAINER[:PERMISSIONS]] with an allowed host device, as Docker's --device."""
+    parts = text.split(":")
+    host = os.path.normpath(parts[0]) if parts[0].startswith("/") else ""
+    inside = parts[1] if len(parts) > 1 else parts[0]
+    permissions = parts[2] if len(parts) > 2 else "rwm"
+    if (
+        len(parts) > 3
+        or not host.startswith("/dev/")
+        or not inside.startswith("/")
+        or not _DEVICE_PERMISSIONS.fullmatch(permissions)
+    ):
+        at.fail(
+            f"invalid device {_show(text)} (use /dev/HOST[:/dev/CONTAINER[:rwm]])",
+            "invalid_value",
+        )
+        return None
+    if _realpath(host) not in context.allowed_devices:
+        listed = ", ".join(sorted(context.policy.allowed_devices)) or "empty"
+        at.fail(
+            f'device "{host}" is not allowed (policy.allowed_devices: {listed}); '
+            "add it to policy.allowed_devices in the daemon config",
+            "policy_forbidden",
+        )
+        return None
+    return f"{host}:{os.path.normpath(inside)}:{permissions}"
+
+
+def _security(value: object, at: _At, policy: Policy) -> list[str] | None:
+    items = _string_list(value, at)
+    if items is None:
+        return None
+    out: list[str] = []
+    for index, text in enumerate(items):
+        kind, _, setting = text.strip().replace(":", "=", 1).partition("=")
+        key, where = _SECURITY_OPTS.get(kind), at.child(index)
+        if kind == "no-new-privileges" and setting in ("", "true"):
+            continue  # always set by ringjobs
+        if key is None or setting != "unconfined":
+            where.fail(
+                f"security option {_show(text)} is not supported (only seccomp=unconfined "
+                "and apparmor=unconfined, each behind a policy key; no-new-privileges is "
+                "always on)",
+                "not_supported",
+            )
+        elif not getattr(policy, key):
+            _forbid(where, f"{kind}=unconfined", key)
+        elif f"{kind}=unconfined" not in out:
+            out.append(f"{kind}=unconfined")
+    return out
 
 
 def _normalise_capability(name: str) -> str:

@@ -172,6 +172,10 @@ class JobSpec(_Frozen):
     cap_add: list[str] = Field(default_factory=list)
     pid_mode: Literal["host"] | None = None
     ipc_mode: Literal["host"] | None = None
+    uts_mode: Literal["host"] | None = None
+    userns_mode: Literal["host"] | None = None
+    devices: list[str] = Field(default_factory=list)  # HOST:CONTAINER:PERMISSIONS
+    security_opt: list[str] = Field(default_factory=list)  # only the *=unconfined relaxations
 
     @property
     def key(self) -> str:

@@ -3,43 +3,56 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
-import socket
-import struct
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
 from aiohttp import web
 
 from ringjobs import __version__
+from ringjobs.api.access import (
+    StreamAborted,
+    StreamSlots,
+    access_middleware,
+    caller_of,
+    timeout_middleware,
+)
 from ringjobs.api.metrics import metrics_handler
 from ringjobs.api.openapi import openapi_document
 from ringjobs.api.problems import problem_middleware
 from ringjobs.api.secrets import secret_routes
 from ringjobs.engine.engine import Engine
 from ringjobs.engine.scheduler import schedule_rows
-from ringjobs.exceptions import BadRequest, Conflict, NotFound, StoreUnavailable
+from ringjobs.exceptions import BadRequest, Conflict, NotFound, PayloadTooLarge, StoreUnavailable
 from ringjobs.manifest import ManifestSource, apply_overrides, exec_spec, load_manifests
 from ringjobs.models import JobSpec, Run, RunStatus, parse_time, utcnow
-from ringjobs.store import LogRecord, StoredJob
+from ringjobs.store import StoredJob
 from ringjobs.store.schedules import ScheduleStore
 from ringjobs.store.store import ApplyOutcome
 from ringjobs.units import UnitError, parse_duration
 
-MAX_BODY_BYTES = 8 * 1024 * 1024
 _MAX_ID_DIGITS = 18  # fits SQLite's 64-bit integers
 _MAX_INT = 2**63 - 1
 _WAIT_DEFAULT, _WAIT_MAX = 30.0, 300.0
 _FOLLOW_POLL = 1.0
-_PAGE = 1000
+_PAGE = 256  # log lines per read: bounds a stream's memory (lines are <= max_line_bytes)
 
 ENGINE_KEY = web.AppKey("engine", Engine)
+STREAMS_KEY = web.AppKey("streams", StreamSlots)
 
 
 def create_app(engine: Engine) -> web.Application:
-    app = web.Application(middlewares=[problem_middleware], client_max_size=MAX_BODY_BYTES)
+    config = engine.config
+    middlewares = [
+        problem_middleware,
+        timeout_middleware(config),
+        access_middleware(config, engine.store),
+    ]
+    app = web.Application(middlewares=middlewares, client_max_size=config.limits.max_request_size)
     app[ENGINE_KEY] = engine
+    app[STREAMS_KEY] = StreamSlots(config)
     routes = [
         web.get("/v1/health", health),
         web.get("/v1/openapi.json", openapi),
@@ -63,6 +76,7 @@ def create_app(engine: Engine) -> web.Application:
         web.post("/v1/jobs/{ns}/{name}/suspend", suspend_job),
         web.post("/v1/jobs/{ns}/{name}/resume", resume_job),
         web.get("/v1/jobs/{ns}/{name}/fires", list_fires),
+        web.get("/v1/audit", list_audit),
         web.get("/metrics", metrics_handler(engine)),
     ]
     app.add_routes(routes)
@@ -79,13 +93,8 @@ def _json(data: Any, status: int = 200) -> web.Response:
 
 def peer_uid(request: web.Request) -> int | None:
     """The caller's uid from SO_PEERCRED on the unix socket."""
-    transport = request.transport
-    sock = transport.get_extra_info("socket") if transport else None
-    if sock is None or sock.family != socket.AF_UNIX:
-        return None
-    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    _pid, uid, _gid = struct.unpack("3i", creds)
-    return int(uid)
+    caller = caller_of(request)
+    return caller.uid if caller else None
 
 
 # -- health and docs ------------------------------------------------------------------
@@ -136,6 +145,12 @@ async def apply(request: web.Request) -> web.Response:
         engine.config.defaults,
         skip_workers=_flag_field(body, "skip_workers"),
     )
+    limit = engine.config.limits.max_jobs_per_apply
+    if len(loaded.jobs) > limit:
+        raise PayloadTooLarge(
+            f"this apply defines {len(loaded.jobs)} jobs, over limits.max_jobs_per_apply "
+            f"({limit}); apply them in several smaller batches"
+        )
     namespaces = [{"name": ns.name, "action": "applied"} for ns in loaded.namespaces]
     if _flag_field(body, "dry_run"):
         jobs = [
@@ -365,60 +380,61 @@ async def run_logs(request: web.Request) -> web.StreamResponse:
         raise BadRequest(f"stream must be stdout or stderr, not {stream!r}")
     since_us = _since_param(query.get("since"))
     tail = _int_param(query.get("tail"), "tail", None, 0, 1_000_000)
-    response = await _ndjson(request)
-    if run.fans_out:
-        follow = _flag(query.get("follow"))
-        await _fan_out_logs(engine, run, response, tail, since_us, stream, follow)
+    async with request.app[STREAMS_KEY].slot():
+        response = await _ndjson(request)
+        with contextlib.suppress(StreamAborted):
+            if run.fans_out:
+                await _fan_out_logs(request, response, run, tail, since_us, stream)
+            else:
+                after = 0
+                if tail is not None:  # page through the tail: never hold it all in memory
+                    start = await engine.store.tail_start_seq(run.id, tail, since_us, stream)
+                    after = start - 1 if start else await engine.store.last_log_seq(run.id)
+                await _follow_logs(request, response, run.id, after, since_us, stream)
+            await response.write_eof()
         return response
-    after = 0
-    if tail is not None:
-        records = await engine.store.tail_logs(run.id, tail, since_us, stream)
-        await _write_lines(response, [r.to_api() for r in records])
-        after = records[-1].seq if records else await engine.store.last_log_seq(run.id)
 
-    async def batches(after_seq: int) -> AsyncIterator[list[LogRecord]]:
-        while batch := await engine.store.read_logs(run.id, after_seq, since_us, stream, _PAGE):
-            yield batch
-            after_seq = batch[-1].seq
 
-    follow = _flag(query.get("follow"))
+async def _follow_logs(
+    request: web.Request,
+    response: web.StreamResponse,
+    run_id: int,
+    after: int,
+    since_us: int,
+    stream: str | None,
+) -> None:
+    engine = _engine(request)
+    follow = _flag(request.query.get("follow"))
     while True:
-        token = engine.notifier.token(run.id)
-        current = await _require_run(engine, str(run.id))
-        async for batch in batches(after):
-            await _write_lines(response, [r.to_api() for r in batch])
+        token = engine.notifier.token(run_id)
+        current = await _require_run(engine, str(run_id))
+        while batch := await engine.store.read_logs(run_id, after, since_us, stream, _PAGE):
+            await _write_lines(request, response, [r.to_api() for r in batch])
             after = batch[-1].seq
         if not follow or current.status.is_terminal:
-            break
+            return
         await engine.notifier.wait(token, _FOLLOW_POLL)
-    await response.write_eof()
-    return response
 
 
 async def _fan_out_logs(
-    engine: Engine,
-    run: Run,
+    request: web.Request,
     response: web.StreamResponse,
+    run: Run,
     tail: int | None,
     since_us: int,
     stream: str | None,
-    follow: bool,
 ) -> None:
-    """A fan-out run's logs: its completions' lines, each marked with its index."""
+    """A fan-out run's logs: its completions' lines, each marked with its index.
+
+    `tail` applies to each completion (as `kubectl logs --tail` does to each pod).
+    """
+    engine = _engine(request)
+    follow = _flag(request.query.get("follow"))
     after: dict[int, int] = {}  # child run id -> last seq sent
-
-    def marked(child: Run, records: list[LogRecord]) -> list[dict[str, Any]]:
-        return [{**r.to_api(), "completion": child.completion_index} for r in records]
-
     if tail is not None:
-        tails: list[tuple[int, dict[str, Any]]] = []
         for child in await engine.store.child_runs(run.id):
-            records = await engine.store.tail_logs(child.id, tail, since_us, stream)
-            lines = marked(child, records)
-            tails += [(r.time_us, line) for r, line in zip(records, lines, strict=True)]
-            after[child.id] = await engine.store.last_log_seq(child.id)
-        tails.sort(key=lambda item: item[0])
-        await _write_lines(response, [line for _, line in tails[max(0, len(tails) - tail) :]])
+            start = await engine.store.tail_start_seq(child.id, tail, since_us, stream)
+            after[child.id] = start - 1 if start else await engine.store.last_log_seq(child.id)
     while True:
         token = engine.notifier.token(run.id)
         current = await _require_run(engine, str(run.id))
@@ -426,31 +442,33 @@ async def _fan_out_logs(
             while batch := await engine.store.read_logs(
                 child.id, after.get(child.id, 0), since_us, stream, _PAGE
             ):
-                await _write_lines(response, marked(child, batch))
+                lines = [{**r.to_api(), "completion": child.completion_index} for r in batch]
+                await _write_lines(request, response, lines)
                 after[child.id] = batch[-1].seq
         if not follow or current.status.is_terminal:
-            break
+            return
         await engine.notifier.wait(token, _FOLLOW_POLL)
-    await response.write_eof()
 
 
 async def run_events(request: web.Request) -> web.StreamResponse:
     engine = _engine(request)
     run = await _require_run(engine, request.match_info["id"])
     follow = _flag(request.query.get("follow"))
-    response = await _ndjson(request)
-    after = 0
-    while True:
-        token = engine.notifier.token(run.id)
-        current = await _require_run(engine, str(run.id))
-        events = await engine.store.list_events(run.id, after)
-        await _write_lines(response, [e.to_api() for e in events])
-        after = events[-1].id if events else after
-        if not follow or (current.status.is_terminal and not events):
-            break
-        await engine.notifier.wait(token, _FOLLOW_POLL)
-    await response.write_eof()
-    return response
+    async with request.app[STREAMS_KEY].slot():
+        response = await _ndjson(request)
+        with contextlib.suppress(StreamAborted):
+            after = 0
+            while True:
+                token = engine.notifier.token(run.id)
+                current = await _require_run(engine, str(run.id))
+                events = await engine.store.list_events(run.id, after)
+                await _write_lines(request, response, [e.to_api() for e in events])
+                after = events[-1].id if events else after
+                if not follow or (current.status.is_terminal and not events):
+                    break
+                await engine.notifier.wait(token, _FOLLOW_POLL)
+            await response.write_eof()
+        return response
 
 
 def _run_view(engine: Engine, run: Run) -> dict[str, Any]:
@@ -508,6 +526,17 @@ async def prune_namespace(request: web.Request) -> web.Response:
             "cancelled": result.cancelled,
         }
     )
+
+
+async def list_audit(request: web.Request) -> web.Response:
+    """Who changed what (apply, run, cancel, delete, prune...), with uid and pid."""
+    query = request.query
+    events = await _engine(request).store.list_audit_events(
+        run_id=_int_param(query.get("run"), "run", None, 1, None),
+        before=_int_param(query.get("before"), "before", None, 1, None),
+        limit=_int_param(query.get("limit"), "limit", 100, 1, 1000),
+    )
+    return _json({"events": events})
 
 
 def _older_than(raw: object) -> datetime | None:
@@ -605,7 +634,7 @@ def _redact(value: Any) -> Any:
 
 
 async def _body(request: web.Request, required: bool = True) -> dict[str, Any]:
-    if not request.can_read_body:
+    if not request.body_exists:  # the timeout middleware has read (and cached) it
         if required:
             raise BadRequest("a JSON body is required")
         return {}
@@ -666,6 +695,9 @@ async def _ndjson(request: web.Request) -> web.StreamResponse:
     return response
 
 
-async def _write_lines(response: web.StreamResponse, items: list[dict[str, Any]]) -> None:
+async def _write_lines(
+    request: web.Request, response: web.StreamResponse, items: list[dict[str, Any]]
+) -> None:
     if items:
-        await response.write("".join(json.dumps(i) + "\n" for i in items).encode())
+        data = "".join(json.dumps(i) + "\n" for i in items).encode()
+        await request.app[STREAMS_KEY].write(request, response, data)

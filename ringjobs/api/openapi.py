@@ -32,7 +32,17 @@ def _op(summary: str, ok: dict[str, Any], *errors: int, **extra: Any) -> dict[st
     return {"summary": summary, "responses": {"200": ok, **_errors(*errors)}, **extra}
 
 
-_NS_NAME = [_param("ns", where="path"), _param("name", where="path")]
+_DNS_LABEL = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
+
+
+def _label(name: str, where: str = "path") -> dict[str, Any]:
+    """A namespace or job name: a DNS label."""
+    param = _param(name, where=where)
+    param["schema"]["pattern"] = _DNS_LABEL
+    return param
+
+
+_NS_NAME = [_label("ns"), _label("name")]
 _RUN_ID = [_param("id", "integer", "path")]
 _OBJECT = {"type": "object"}
 _NDJSON = "application/x-ndjson"
@@ -47,23 +57,27 @@ def _paths() -> dict[str, Any]:
                 "Apply manifests",
                 _answer(_OBJECT),
                 400,
+                403,
                 413,
                 422,
                 requestBody={**body, "required": True},
             )
         },
         "/v1/jobs": {
-            "get": _op("List jobs", _answer(_OBJECT), 404, parameters=[_param("namespace")])
+            "get": _op(
+                "List jobs", _answer(_OBJECT), 404, parameters=[_label("namespace", "query")]
+            )
         },
         "/v1/jobs/{ns}/{name}": {
             "get": _op("Inspect a job", _answer(_OBJECT), 404, parameters=_NS_NAME),
-            "delete": _op("Delete a job", _answer(_OBJECT), 404, 409, parameters=_NS_NAME),
+            "delete": _op("Delete a job", _answer(_OBJECT), 403, 404, 409, parameters=_NS_NAME),
         },
         "/v1/jobs/{ns}/{name}/runs": {
             "post": {
                 "summary": "Start a run of the current revision",
                 "parameters": _NS_NAME,
-                "responses": {"201": _answer(_RUN), **_errors(404, 409)},
+                "requestBody": body,
+                "responses": {"201": _answer(_RUN), **_errors(400, 403, 404, 409, 422)},
             },
         },
         "/v1/runs": {
@@ -73,8 +87,8 @@ def _paths() -> dict[str, Any]:
                 400,
                 404,
                 parameters=[
-                    _param("namespace"),
-                    _param("job"),
+                    _label("namespace", "query"),
+                    _label("job", "query"),
                     _param("status"),
                     _param("limit", "integer"),
                     _param("before", "integer"),
@@ -93,7 +107,13 @@ def _paths() -> dict[str, Any]:
         },
         "/v1/runs/{id}/cancel": {
             "post": _op(
-                "Cancel a pending or running run", _answer(_RUN), 400, 404, 409, parameters=_RUN_ID
+                "Cancel a pending or running run",
+                _answer(_RUN),
+                400,
+                403,
+                404,
+                409,
+                parameters=_RUN_ID,
             )
         },
         "/v1/runs/{id}/rerun": {
@@ -101,14 +121,14 @@ def _paths() -> dict[str, Any]:
                 "summary": "Replay a run's snapshot with optional overrides",
                 "parameters": _RUN_ID,
                 "requestBody": body,
-                "responses": {"201": _answer(_RUN), **_errors(400, 404, 409, 422)},
+                "responses": {"201": _answer(_RUN), **_errors(400, 403, 404, 409, 422)},
             }
         },
         "/v1/exec": {
             "post": {
                 "summary": "Start a recorded one-off run",
                 "requestBody": body,
-                "responses": {"201": _answer(_RUN), **_errors(400, 422)},
+                "responses": {"201": _answer(_RUN), **_errors(400, 403, 422)},
             }
         },
         "/v1/runs/{id}/logs": {
@@ -117,6 +137,7 @@ def _paths() -> dict[str, Any]:
                 _answer(_OBJECT, _NDJSON),
                 400,
                 404,
+                429,
                 parameters=[
                     *_RUN_ID,
                     _param("follow"),
@@ -132,6 +153,7 @@ def _paths() -> dict[str, Any]:
                 _answer(_OBJECT, _NDJSON),
                 400,
                 404,
+                429,
                 parameters=[*_RUN_ID, _param("follow")],
             )
         },
@@ -170,9 +192,22 @@ def _paths() -> dict[str, Any]:
                 "Remove finished runs with their logs, events and containers",
                 _answer(_OBJECT),
                 400,
+                403,
                 404,
-                parameters=[_param("ns", where="path")],
+                parameters=[_label("ns")],
                 requestBody={"content": {"application/json": {"schema": _PRUNE}}},
+            )
+        },
+        "/v1/audit": {
+            "get": _op(
+                "Changes made through the socket, newest first, with the caller's uid and pid",
+                _answer(_OBJECT),
+                400,
+                parameters=[
+                    _param("run", "integer"),
+                    _param("limit", "integer"),
+                    _param("before", "integer"),
+                ],
             )
         },
         **_schedule_paths(),

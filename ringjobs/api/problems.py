@@ -17,11 +17,14 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 _TITLES = {
     400: "bad request",
+    403: "forbidden",
     404: "not found",
     405: "method not allowed",
+    408: "timeout",
     409: "conflict",
     413: "too large",
     422: "invalid input",
+    429: "too many requests",
     500: "internal error",
     503: "unavailable",
 }
@@ -54,7 +57,10 @@ def from_error(exc: RingjobsError) -> web.Response:
         count = len(violations)
         detail = f"{count} problem{'s' if count != 1 else ''} found; nothing was stored"
         return problem(exc.status, detail, exc.code, exc.title, violations)
-    return problem(exc.status, str(exc), exc.code)
+    answer = problem(exc.status, str(exc), exc.code)
+    if exc.status == 429:
+        answer.force_close()  # a refused stream must not keep its connection (and fd) open
+    return answer
 
 
 @web.middleware

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from ringjobs.config import Config
-from ringjobs.models import JobSpec, Run
+from ringjobs.manifest import bind_source_now
+from ringjobs.models import JobSpec, Run, VolumeMount
 from ringjobs.runtime.base import (
     LABEL_ATTEMPT,
     LABEL_INSTANCE,
@@ -22,6 +23,13 @@ class ConfigProblem(Exception):
 
 def network_name(namespace: str) -> str:
     return f"ringjobs_{namespace}"
+
+
+def container_name(run: Run, attempt: int, instance: str) -> str:
+    """Unique to this daemon's database: `_` never occurs in a name (DNS labels), so the
+    parts cannot run into each other, and the instance id keeps another daemon's or
+    another tool's `ringjobs-...` containers from ever colliding with ours."""
+    return f"ringjobs_{run.namespace}_{run.job}_{run.id}_{attempt}_{instance[:12]}"
 
 
 def managed_labels(run: Run, attempt: int, instance: str) -> dict[str, str]:
@@ -46,7 +54,7 @@ def container_spec(
     spec = run.spec
     limits = spec.resources
     return ContainerSpec(
-        name=f"ringjobs-{run.namespace}-{run.job}-{run.id}-{attempt}",
+        name=container_name(run, attempt, instance),
         image=image.id,  # pinned: every attempt runs exactly the resolved image
         labels={**spec.labels, **managed_labels(run, attempt, instance)},
         command=spec.command,
@@ -60,15 +68,34 @@ def container_spec(
         network=_network(spec),
         read_only_rootfs=spec.read_only_rootfs,
         tmpfs=dict(spec.tmpfs),
-        mounts=list(spec.volumes),
+        mounts=_checked_mounts(spec, config),
         privileged=spec.privileged,
         cap_add=list(spec.cap_add),
         pid_mode=spec.pid_mode,
         ipc_mode=spec.ipc_mode,
+        uts_mode=spec.uts_mode,
+        userns_mode=spec.userns_mode,
+        devices=list(spec.devices),
+        security_opt=list(spec.security_opt),
         log_max_size=config.logs.docker_max_size,
         log_max_file=config.logs.docker_max_file,
         stop_grace_seconds=spec.stop_grace_period_seconds,
     )
+
+
+def _checked_mounts(spec: JobSpec, config: Config) -> list[VolumeMount]:
+    """Bind sources checked again at creation: the filesystem may have changed since apply."""
+    mounts = []
+    for mount in spec.volumes:
+        if mount.type == "bind":
+            try:
+                mount = mount.model_copy(
+                    update={"source": bind_source_now(mount.source, config.policy)}
+                )
+            except ValueError as exc:
+                raise ConfigProblem(str(exc)) from None
+        mounts.append(mount)
+    return mounts
 
 
 def _network(spec: JobSpec) -> str | None:

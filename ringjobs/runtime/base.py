@@ -63,6 +63,10 @@ class ContainerSpec:
     cap_add: list[str] = field(default_factory=list)
     pid_mode: str | None = None
     ipc_mode: str | None = None
+    uts_mode: str | None = None
+    userns_mode: str | None = None
+    devices: list[str] = field(default_factory=list)
+    security_opt: list[str] = field(default_factory=list)  # added to no-new-privileges
     log_max_size: str = "10m"
     log_max_file: int = 2
     stop_grace_seconds: float = 10.0

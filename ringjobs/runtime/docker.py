@@ -393,7 +393,7 @@ def _create_kwargs(spec: ContainerSpec) -> dict[str, Any]:
         # Hardening (SPEC 5): no capabilities, no privilege gain, a pid limit, an init.
         "cap_drop": ["ALL"],
         "cap_add": spec.cap_add or None,
-        "security_opt": ["no-new-privileges"],
+        "security_opt": ["no-new-privileges", *spec.security_opt],
         "pids_limit": spec.pids_limit,
         "init": True,
         "privileged": spec.privileged,
@@ -401,6 +401,9 @@ def _create_kwargs(spec: ContainerSpec) -> dict[str, Any]:
         "tmpfs": spec.tmpfs or None,
         "pid_mode": spec.pid_mode,
         "ipc_mode": spec.ipc_mode,
+        "uts_mode": spec.uts_mode,
+        "userns_mode": spec.userns_mode,
+        "devices": spec.devices or None,
         "mounts": [_mount(m) for m in spec.mounts],
         "log_config": LogConfig(
             type="json-file",

@@ -166,6 +166,8 @@ class Store:
                 await db.execute(f"PRAGMA {pragma}")
         except sqlite3.Error as exc:
             await db.close()  # its thread would otherwise keep the process alive
+            if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_CORRUPT:
+                raise self._damaged([str(exc)]) from exc  # its schema pages are unreadable
             raise StoreUnavailable(
                 f"cannot open database {self.path}: {exc} (is it a ringjobs database? "
                 "move it away to start afresh)"
@@ -180,12 +182,15 @@ class Store:
         except sqlite3.DatabaseError as exc:
             problems = [str(exc)]
         if problems:
-            raise StoreUnavailable(
-                f"database {self.path} is damaged (integrity_check: {'; '.join(problems)}). "
-                "The daemon does not start on a damaged history. Stop here, copy the file "
-                f"aside, then either salvage it (sqlite3 {self.path} .recover | sqlite3 "
-                "NEW.db, and start with --database NEW.db) or restore a backup"
-            )
+            raise self._damaged(problems)
+
+    def _damaged(self, problems: list[str]) -> StoreUnavailable:
+        return StoreUnavailable(
+            f"database {self.path} is damaged (integrity_check: {'; '.join(problems)}). "
+            "The daemon does not start on a damaged history. Stop here, copy the file "
+            f"aside, then either salvage it (sqlite3 {self.path} .recover | sqlite3 "
+            "NEW.db, and start with --database NEW.db) or restore a backup"
+        )
 
     async def _migrate(self, db: aiosqlite.Connection) -> None:
         try:
@@ -666,6 +671,39 @@ class Store:
                 await self._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             except sqlite3.Error as exc:
                 raise StoreUnavailable(f"cannot reclaim space in {self.path}: {exc}") from exc
+
+    # -- audit (who changed what through the socket) ---------------------------------
+
+    async def add_audit_event(self, event: dict[str, Any], run_ids: Sequence[int] = ()) -> None:
+        """One mutating request (caller_uid, caller_pid, action, target, status, run_id, data),
+        and a `caller` event on each run it created or cancelled, in one transaction."""
+        params = {**event, "time": format_time(utcnow()), "data": json.dumps(event["data"])}
+        who = f"uid {event['caller_uid']} (pid {event['caller_pid']})"
+        data = {k: event[k] for k in ("action", "caller_uid", "caller_pid")}
+        async with self._write() as db:
+            await db.execute(_q("insert_audit_event"), params)
+            for run_id in run_ids:
+                await _insert_event(db, run_id, "caller", f"{event['action']} by {who}", data)
+
+    async def list_audit_events(
+        self, run_id: int | None, before: int | None, limit: int
+    ) -> list[dict[str, Any]]:
+        params = {"run_id": run_id, "before": before, "limit": limit}
+        rows = await self._fetchall(_q("list_audit_events"), params)
+        return [{**dict(r), "data": json.loads(r["data"])} for r in rows]
+
+    async def tail_start_seq(
+        self, run_id: int, tail: int, since_us: int, stream: str | None
+    ) -> int:
+        """The seq of the first of the last `tail` lines: a tail is then read page by page."""
+        params = {
+            "run_id": run_id,
+            "tail": tail,
+            "since": since_us,
+            "stream": _STREAM_CODES[stream] if stream else None,
+        }
+        row = await self._fetchone(_q("tail_start_seq"), params)
+        return int(row[0]) if row else 0
 
 
 # -- row helpers ---------------------------------------------------------------

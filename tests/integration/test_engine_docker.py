@@ -431,7 +431,9 @@ async def _event_types(tmp: Path, run_id: int) -> list[str]:
 async def test_retries_record_every_attempt_and_stop_at_the_limit(
     namespace: str, tmp_path: Path
 ) -> None:
-    h = Harness(make_config(tmp_path, defaults={"backoff_base": "100ms"}), namespace)
+    # The bind mount below is checked against the daemon's policy when the container is made.
+    policy = {"allowed_bind_paths": [str(tmp_path)]}
+    h = Harness(make_config(tmp_path, defaults={"backoff_base": "100ms"}, policy=policy), namespace)
     await h.start()
     try:
         failing = await h.run(

@@ -240,3 +240,20 @@ WHERE namespace = :namespace AND job = :job AND fire_at = :fire_at;
 -- name: probe_write
 INSERT INTO meta (key, value) VALUES ('last_write_check', :now)
 ON CONFLICT (key) DO UPDATE SET value = excluded.value;
+
+-- name: insert_audit_event
+INSERT INTO audit_events (time, caller_uid, caller_pid, action, target, status, run_id, data)
+VALUES (:time, :caller_uid, :caller_pid, :action, :target, :status, :run_id, :data);
+
+-- name: list_audit_events
+SELECT id, time, caller_uid, caller_pid, action, target, status, run_id, data
+FROM audit_events
+WHERE (:run_id IS NULL OR run_id = :run_id) AND (:before IS NULL OR id < :before)
+ORDER BY id DESC LIMIT :limit;
+
+-- name: tail_start_seq
+SELECT coalesce(min(seq), 0) FROM (
+    SELECT seq FROM log_lines
+    WHERE run_id = :run_id AND time >= :since AND (:stream IS NULL OR stream = :stream)
+    ORDER BY seq DESC LIMIT :tail
+);

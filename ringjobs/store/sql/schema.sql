@@ -141,3 +141,17 @@ CREATE TABLE schedule_state (
     changed_at TEXT NOT NULL,
     PRIMARY KEY (namespace, job)
 );
+
+-- Who changed what through the socket (caller uid and pid); never pruned.
+CREATE TABLE audit_events (
+    id         INTEGER PRIMARY KEY,
+    time       TEXT NOT NULL,
+    caller_uid INTEGER,
+    caller_pid INTEGER,
+    action     TEXT NOT NULL,
+    target     TEXT NOT NULL,
+    status     INTEGER NOT NULL,
+    run_id     INTEGER,
+    data       TEXT NOT NULL DEFAULT '{}'
+);
+CREATE INDEX audit_events_by_run ON audit_events (run_id, id);
