@@ -462,6 +462,7 @@ class Engine:
             self.ctx.stop_requests.pop(run_id, None)  # it will never be executed
             if run.parent_id is None:
                 self.ctx.metrics.run_finished(run.namespace, RunStatus.CANCELLED, None)
+                self.history.run_finished(run.namespace, run.job)
             self._child_changed(run)
             if run.fans_out:  # queued again after a restart, its completions may be live
                 await self._cancel_children(run, who)
@@ -495,8 +496,10 @@ class Engine:
         )
         ids = [int(c["id"]) for c in candidates]
         active = [c for c in candidates if c["status"] not in ("completed", "failed", "cancelled")]
-        if dry_run:
-            return PruneResult(namespace, True, ids, 0, 0, 0, len(active))
+        if dry_run:  # completions go with their run: list them as the real prune would
+            return PruneResult(
+                namespace, True, await self.store.with_children(ids), 0, 0, 0, len(active)
+            )
         for row in active:
             await self._cancel_for_prune(int(row["id"]))
         ids = [i for i in ids if not self.is_executing(i)]  # never delete a run still executing
@@ -608,6 +611,8 @@ class Engine:
                 reason="lost",
                 message=f"container {run.container_id[:12]} was removed by someone else",
             )
+            if run.parent_id is None:
+                self.history.run_finished(run.namespace, run.job)
 
     async def _requeue(self, run: Run, why: str) -> None:
         """A run whose container never started: its attempt is made again, not counted."""

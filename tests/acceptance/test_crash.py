@@ -436,7 +436,7 @@ def test_a_full_disk_answers_503_and_reports_nothing_done_before_it_is_saved(
     d.open_gate("writer")
     container = containers_of(namespace, writer)[0]
     until(lambda: container_status(container) == "exited", "the writer's container to exit")
-    time.sleep(2)  # the daemon tries to save the end meanwhile, and cannot
+    until(lambda: "run_state_not_saved" in d.log.read_text(), "a failed save of the run's end")
     assert d.proc is not None and d.proc.poll() is None, d.log.read_text()
     assert d.run(writer)["status"] == "running"  # not done until its state is on disk
 
@@ -500,3 +500,42 @@ def test_a_read_only_database_answers_503_then_recovers(
     assert d.cli("job", "run", f"{namespace}/ro", "--wait").returncode == 0
     assert d.output(d.latest_run(namespace)) == ("ro-out\n", "")
     assert d.cli("doctor").returncode == 0
+
+
+def test_kill9_during_a_fan_out_resumes_it_and_runs_no_index_twice(
+    crash_daemon: Callable[..., CrashDaemon], namespace: str, tmp_path: Path
+) -> None:
+    d = crash_daemon("max_concurrent_runs: 4\n")
+    d.start()
+    index = "$$RINGJOBS_COMPLETION_INDEX"  # $$: the container's variable, not the CLI's
+    script = (
+        f"echo start-{index}; until [ -e /gates/g{index} ]; do sleep 0.1; done; echo end-{index}"
+    )
+    jobs = d.jobs({"fan": script}, completions=4, parallelism=2)
+    assert d.cli("apply", "-f", str(manifest(tmp_path / "m.json", namespace, jobs))).returncode == 0
+    parent = d.start_job(namespace, "fan")
+
+    def running() -> list[dict[str, Any]]:
+        return [c for c in d.run(parent).get("completions", []) if c["status"] == "running"]
+
+    until(lambda: len(running()) == 2, "two completions running")
+    first = next(str(c["run_id"]) for c in running() if c["index"] == 0)
+    d.kill()  # indexes 0 and 1 keep running; 2 and 3 do not exist yet
+    d.open_gate("g0")  # index 0 finishes while the daemon is down
+    until(lambda: not containers_of(namespace, first, all_states=False), "index 0 to exit")
+    d.start()
+    for name in ("g1", "g2", "g3"):
+        d.open_gate(name)
+    until(lambda: d.run(parent)["status"] == "completed", "the fan-out to complete", 60)
+    completions = sorted(d.run(parent)["completions"], key=lambda c: c["index"])
+    assert [(c["index"], c["status"], c["attempt"]) for c in completions] == [
+        (i, "completed", 1) for i in range(4)
+    ]
+    for child in completions:
+        types = d.event_types(str(child["run_id"]))
+        assert types.count("container_started") == 1 and types.count("finished") == 1, types
+        assert containers_of(namespace, str(child["run_id"])) == []
+    stdout, _ = d.output(parent)
+    assert sorted(stdout.splitlines()) == sorted(
+        f"[{i}] {what}-{i}" for i in range(4) for what in ("start", "end")
+    )

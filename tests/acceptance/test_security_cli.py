@@ -110,7 +110,8 @@ def test_socket_group_may_read_and_only_mutating_uids_may_change(
     assert reader.returncode == 0, reader.stderr
     refused = cli_as(daemon, uid, gid, "apply", "-f", str(file))
     assert refused.returncode == 2 and "mutating_uids" in refused.stderr
-    assert daemon.cli("apply", "-f", str(file)).returncode == 0  # root always may
+    # root always may; --wait, so that no container is still being made at teardown
+    assert daemon.cli("apply", "-f", str(file), "--wait").returncode == 0
 
     answer = daemon.cli("audit", "-o", "json")
     assert answer.returncode == 0, answer.stderr
