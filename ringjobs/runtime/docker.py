@@ -1,8 +1,10 @@
-"""Docker implementation of the runtime, on the synchronous docker SDK.
+"""Docker implementation of the runtime.
 
-Every SDK call runs in a dedicated thread pool: `wait()`, an attach stream and the
-events stream each hold a thread for as long as they last, so the pool is sized for
-the configured concurrency (the default executor would starve).
+The calls every run makes (image inspect, create, attach, start, wait, inspect,
+stop, remove) go through `EngineAPI`: aiohttp on the event loop, one kept-alive
+pool. The rare ones (pull, events, network create, logs recovery, list) use the
+synchronous docker SDK in a dedicated thread pool; the events stream holds a thread
+for as long as it lasts.
 """
 
 from __future__ import annotations
@@ -11,19 +13,22 @@ import asyncio
 import contextlib
 import functools
 import math
-import socket
+import os
+import ssl
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 import docker
 import docker.errors
 import requests.exceptions
 import urllib3.exceptions
+from docker.models.containers import _create_container_args
 from docker.types import LogConfig, Mount
-from docker.utils.socket import frames_iter
+from docker.utils import format_environment, parse_host
 
 from ringjobs.exceptions import EngineUnavailable
 from ringjobs.runtime.base import (
@@ -38,14 +43,13 @@ from ringjobs.runtime.base import (
     RuntimeEvent,
     StartFailed,
 )
+from ringjobs.runtime.engine_api import EngineAPI, EngineAPIError
 
 T = TypeVar("T")
-_STREAMS = {1: "stdout", 2: "stderr"}
-_QUEUE_CHUNKS = 64  # bounded: a slow database slows the container's output, never our memory
 _EVENT_ACTIONS = ["die", "oom", "kill", "destroy"]
 _PULL_TIMEOUT = 600.0
 _FALLBACK_API_VERSION = "1.41"
-_PUMP_EXIT_TIMEOUT = 2.0  # a reader thread gets this long to notice its socket closed
+_REMOVAL_GRACE = 10.0  # on close, how long removals under way may take to finish
 # An engine that went away mid-answer, as opposed to one that answered with an error.
 _BROKEN_CONNECTION = (requests.exceptions.RequestException, urllib3.exceptions.HTTPError)
 
@@ -70,9 +74,12 @@ class DockerRuntime:
             # let calls fail (and health report it) until the engine answers.
             self._client = _client(base_url, version=_FALLBACK_API_VERSION, **kwargs)
         self._api = self._client.api
+        self._engine = _engine_api(base_url, self._api)
         self._closed = threading.Event()
         self._event_streams: list[Any] = []
         self._network_locks: dict[str, asyncio.Lock] = {}
+        self._networks: set[str] = set()  # known to exist: no list call per run
+        self._removals: set[asyncio.Future[None]] = set()
 
     async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         loop = asyncio.get_running_loop()
@@ -142,9 +149,11 @@ class DockerRuntime:
 
     async def _inspect_image(self, ref: str) -> ImageInfo | None:
         try:
-            data = await self._call(self._api.inspect_image, ref)
-        except docker.errors.NotFound:
-            return None
+            data = await self._engine.call("GET", f"/images/{_quote(ref)}/json")
+        except EngineAPIError as exc:
+            if exc.status == 404:
+                return None
+            raise
         return ImageInfo(id=str(data["Id"]), ref=ref)
 
     async def _pull(self, ref: str) -> None:
@@ -160,9 +169,12 @@ class DockerRuntime:
 
     async def ensure_network(self, name: str, labels: dict[str, str]) -> None:
         # Docker's duplicate check is racy: two concurrent creates make two networks.
+        if name in self._networks:
+            return
         lock = self._network_locks.setdefault(name, asyncio.Lock())
         async with lock:
             await self._ensure_network(name, labels)
+        self._networks.add(name)
 
     async def _ensure_network(self, name: str, labels: dict[str, str]) -> None:
         existing = await self._call(self._api.networks, names=[name])
@@ -181,83 +193,99 @@ class DockerRuntime:
                 raise StartFailed(f"cannot create network {name}: {_explain(exc)}") from exc
 
     async def create(self, spec: ContainerSpec) -> str:
-        kwargs = _create_kwargs(spec)
+        name, body = _create_body(self._api, _create_kwargs(spec))
         try:
-            container = await self._call(self._client.containers.create, **kwargs)
-        except docker.errors.ImageNotFound as exc:
-            raise ImageNotFound(f'image "{spec.image}" disappeared: {_explain(exc)}') from exc
-        except docker.errors.APIError as exc:
-            raise StartFailed(f"Docker refused to create the container: {_explain(exc)}") from exc
-        return str(container.id)
+            try:
+                created = await self._engine.call(
+                    "POST", "/containers/create", params={"name": name}, body=body
+                )
+            except EngineAPIError as exc:
+                if not (exc.status == 404 and spec.network in self._networks):
+                    raise
+                # Our cached network was removed behind our back: make it again, once.
+                self._networks.discard(spec.network)
+                await self.ensure_network(spec.network, {LABEL_MANAGED: "true"})
+                created = await self._engine.call(
+                    "POST", "/containers/create", params={"name": name}, body=body
+                )
+        except EngineAPIError as exc:
+            if exc.status == 404:
+                raise ImageNotFound(f'image "{spec.image}" disappeared: {exc.explanation}') from exc
+            raise StartFailed(f"Docker refused to create the container: {exc.explanation}") from exc
+        return str(created["Id"])
 
     async def attach(self, container_id: str) -> AsyncIterator[OutputChunk]:
-        """Open the attach socket now (before start) and return its reader."""
-        sock = await self._call(
-            self._api.attach_socket,
-            container_id,
-            # logs=0: attached before start there is nothing to replay, and replaying raced
-            # the live stream (about 1 run in 100 stored its output twice).
-            params={"stdout": 1, "stderr": 1, "stream": 1, "logs": 0},
-        )
-        return self._read_frames(sock)
+        """Open the attach stream now (before start) and return its reader.
 
-    async def _read_frames(self, sock: Any) -> AsyncIterator[OutputChunk]:
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[OutputChunk | None] = asyncio.Queue(_QUEUE_CHUNKS)
-
-        def pump() -> None:
-            try:
-                for stream_id, data in frames_iter(sock, tty=False):
-                    item = (_STREAMS.get(stream_id, "stdout"), data)
-                    asyncio.run_coroutine_threadsafe(queue.put(item), loop).result()
-            except Exception:
-                pass
-            finally:
-                _close_socket(sock)
-                if not loop.is_closed():
-                    with contextlib.suppress(RuntimeError):
-                        asyncio.run_coroutine_threadsafe(queue.put(None), loop)
-
-        future = asyncio.ensure_future(self._call_detached(pump))
+        logs=0: attached before start there is nothing to replay, and replaying raced the
+        live stream (about 1 run in 100 stored its output twice).
+        """
         try:
-            while (item := await queue.get()) is not None:
-                yield item
-        finally:
-            _close_socket(sock)
-            while not queue.empty():  # unblock the pump if it waits on a full queue
-                queue.get_nowait()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(asyncio.shield(future), _PUMP_EXIT_TIMEOUT)
+            return await self._engine.attach(container_id)
+        except EngineAPIError as exc:
+            if exc.status == 404:
+                raise ContainerNotFound(f"container {container_id[:12]} is gone") from exc
+            raise
 
     async def start(self, container_id: str) -> None:
         try:
-            await self._call(self._api.start, container_id)
-        except docker.errors.NotFound as exc:
-            raise ContainerNotFound(f"container {container_id[:12]} is gone") from exc
-        except docker.errors.APIError as exc:
-            raise StartFailed(f"the container could not start: {_explain(exc)}") from exc
+            await self._engine.call("POST", f"/containers/{_quote(container_id)}/start")
+        except EngineAPIError as exc:
+            if exc.status == 404:
+                raise ContainerNotFound(f"container {container_id[:12]} is gone") from exc
+            raise StartFailed(f"the container could not start: {exc.explanation}") from exc
 
     async def wait(self, container_id: str) -> int:
         try:
-            result = await self._call_detached(self._api.wait, container_id, timeout=None)
-        except docker.errors.NotFound as exc:
-            raise ContainerNotFound(f"container {container_id[:12]} is gone") from exc
+            result = await self._engine.call(
+                "POST", f"/containers/{_quote(container_id)}/wait", time_limit=None
+            )
+        except EngineAPIError as exc:
+            if exc.status == 404:
+                raise ContainerNotFound(f"container {container_id[:12]} is gone") from exc
+            raise
         return int(result.get("StatusCode", -1))
 
     async def inspect(self, container_id: str) -> ContainerState:
         try:
-            data = await self._call(self._api.inspect_container, container_id)
-        except docker.errors.NotFound as exc:
-            raise ContainerNotFound(f"container {container_id[:12]} is gone") from exc
+            data = await self._engine.call("GET", f"/containers/{_quote(container_id)}/json")
+        except EngineAPIError as exc:
+            if exc.status == 404:
+                raise ContainerNotFound(f"container {container_id[:12]} is gone") from exc
+            raise
         return _state_from_inspect(data)
 
     async def stop(self, container_id: str, grace_seconds: float) -> None:
-        with contextlib.suppress(docker.errors.NotFound):
-            await self._call(self._api.stop, container_id, timeout=math.ceil(grace_seconds))
+        grace = math.ceil(grace_seconds)
+        try:
+            await self._engine.call(
+                "POST",
+                f"/containers/{_quote(container_id)}/stop",
+                params={"t": str(grace)},
+                time_limit=grace + 60.0,
+            )
+        except EngineAPIError as exc:
+            if exc.status != 404:
+                raise
 
     async def remove(self, container_id: str) -> None:
-        with contextlib.suppress(docker.errors.NotFound):
-            await self._call(self._api.remove_container, container_id, v=True, force=True)
+        # Finished even if the caller is cancelled (a daemon stopping), and close() waits
+        # for it: a removal cut off mid-request would leave the container behind.
+        task = asyncio.ensure_future(self._remove(container_id))
+        self._removals.add(task)
+        task.add_done_callback(self._removals.discard)
+        await asyncio.shield(task)
+
+    async def _remove(self, container_id: str) -> None:
+        try:
+            await self._engine.call(
+                "DELETE",
+                f"/containers/{_quote(container_id)}",
+                params={"v": "1", "force": "1"},
+            )
+        except EngineAPIError as exc:
+            if exc.status != 404:
+                raise
 
     async def output(self, container_id: str, stream: str) -> bytes:
         try:
@@ -330,6 +358,9 @@ class DockerRuntime:
             with contextlib.suppress(Exception):
                 stream.close()
         self._pool.shutdown(wait=False, cancel_futures=True)
+        if self._removals:
+            await asyncio.wait(self._removals, timeout=_REMOVAL_GRACE)
+        await self._engine.close()
         with contextlib.suppress(Exception):
             self._client.close()
 
@@ -374,18 +405,44 @@ def _create_kwargs(spec: ContainerSpec) -> dict[str, Any]:
     return kwargs
 
 
-def _close_socket(sock: Any) -> None:
-    """docker-py hands out a SocketIO wrapper; the real socket and response need closing too.
+def _engine_api(base_url: str | None, api: docker.APIClient) -> EngineAPI:
+    """The aiohttp client for the same engine, API version and TLS as the SDK's."""
+    host = parse_host(base_url or os.environ.get("DOCKER_HOST"), tls=bool(api.cert))
+    if host.startswith("ssh://"):
+        raise StartFailed(
+            "docker_host ssh:// is not supported; use unix:// or tcp:// (for a remote "
+            "engine, forward its socket with ssh -L)"
+        )
+    tls = None
+    if host.startswith("https://"):
+        tls = ssl.create_default_context(cafile=api.verify if isinstance(api.verify, str) else None)
+        if api.verify is False:
+            tls.check_hostname = False
+            tls.verify_mode = ssl.CERT_NONE
+        if api.cert:
+            tls.load_cert_chain(*api.cert)
+    return EngineAPI(host, api.api_version, tls)
 
-    shutdown() first: close() alone does not wake a thread blocked in recv() on it.
+
+def _create_body(api: docker.APIClient, kwargs: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """(name, JSON body) of POST /containers/create, built by the SDK's own helpers.
+
+    Exactly what `client.containers.create(**kwargs)` sends, without its HTTP call and
+    the inspect it makes after; `_create_kwargs` stays the one place for settings.
     """
-    raw = getattr(sock, "_sock", sock)
-    with contextlib.suppress(Exception):
-        raw.shutdown(socket.SHUT_RDWR)
-    for part in (sock, getattr(sock, "_sock", None), getattr(sock, "_response", None)):
-        if part is not None:
-            with contextlib.suppress(Exception):
-                part.close()
+    args = _create_container_args({**kwargs, "version": api.api_version})
+    name = str(args.pop("name"))
+    environment = args.pop("environment", None)
+    if isinstance(environment, dict):
+        environment = format_environment(environment)
+    proxies = getattr(api, "_proxy_configs", None)  # the SDK adds ~/.docker proxy env
+    if proxies is not None:
+        environment = proxies.inject_proxy_environment(environment) or None
+    return name, dict(api.create_container_config(environment=environment, **args))
+
+
+def _quote(value: str) -> str:
+    return quote(value, safe="/:@")
 
 
 def _mount(volume: Any) -> Mount:
