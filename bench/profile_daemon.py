@@ -86,10 +86,10 @@ import aiosqlite.core as core
 counts = collections.Counter()
 real_execute, real_hop = core.Connection.execute, core.Connection._execute
 
-async def execute(self, sql, parameters=None):
+def execute(self, sql, parameters=None):  # returns aiosqlite's awaitable context manager
     if sql.lstrip().upper().startswith("BEGIN"):
         counts["transactions"] += 1
-    return await real_execute(self, sql, parameters)
+    return real_execute(self, sql, parameters)
 
 async def hop(self, fn, *args, **kwargs):
     counts["aiosqlite hops"] += 1
@@ -125,14 +125,14 @@ def py_spy(out: str, pid: int) -> list[str]:
 
 
 def thread_cpu(pid: int) -> collections.Counter[str]:
-    """CPU seconds of each live thread of `pid`, summed by thread name."""
+    """CPU seconds of the main thread and of the others (Python does not name OS threads)."""
     found: collections.Counter[str] = collections.Counter()
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
             stat = (task / "stat").read_text()
         except OSError:
             continue  # ended meanwhile
-        name = re.sub(r"[_-]?\d+$", "", stat[stat.index("(") + 1 : stat.rindex(")")])
+        name = "event loop (main)" if task.name == str(pid) else "other threads"
         fields = stat.rsplit(")", 1)[1].split()
         found[name] += (int(fields[11]) + int(fields[12])) / run_bench.os.sysconf("SC_CLK_TCK")
     return found
