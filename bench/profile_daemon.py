@@ -80,19 +80,24 @@ class CountingProxy:
 
 
 SITECUSTOMIZE = """
-import collections, json, os, signal
+import collections, json, os, signal, sqlite3
 import aiosqlite.core as core
 
 counts = collections.Counter()
-real_execute, real_hop = core.Connection.execute, core.Connection._execute
+real_connect, real_hop = sqlite3.connect, core.Connection._execute
 
-def execute(self, sql, parameters=None):  # returns aiosqlite's awaitable context manager
-    if sql.lstrip().upper().startswith("BEGIN"):
+def trace(statement):
+    counts["statements"] += 1
+    if statement.lstrip().upper().startswith("BEGIN"):
         counts["transactions"] += 1
-    return real_execute(self, sql, parameters)
+
+def connect(*args, **kwargs):
+    connection = real_connect(*args, **kwargs)
+    connection.set_trace_callback(trace)
+    return connection
 
 async def hop(self, fn, *args, **kwargs):
-    counts["aiosqlite hops"] += 1
+    counts["aiosqlite thread hops"] += 1
     return await real_hop(self, fn, *args, **kwargs)
 
 def dump(signum, frame):
@@ -100,7 +105,7 @@ def dump(signum, frame):
         json.dump(counts, out)
     counts.clear()
 
-core.Connection.execute, core.Connection._execute = execute, hop
+sqlite3.connect, core.Connection._execute = connect, hop
 signal.signal(signal.SIGUSR1, dump)
 """
 

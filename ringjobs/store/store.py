@@ -15,7 +15,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiosqlite
 
@@ -102,6 +102,8 @@ class ApplyOutcome:
     revision: int
     run_id: int | None
 
+
+T = TypeVar("T")
 
 # Decides, inside the apply transaction, whether a changed job starts a run now.
 StartDecision = Callable[[JobSpec, list[int]], bool]
@@ -221,6 +223,41 @@ class Store:
                     f"cannot write the database {self.path}: {exc} "
                     "(check free disk space and that the file is writable)"
                 ) from exc
+
+    async def _transaction(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """BEGIN IMMEDIATE, `work`, COMMIT as one call on the writer's thread.
+
+        For the writes every run makes: one thread hop per transaction instead of one per
+        statement (~55 us of CPU each, 4-5 per transition). `work` runs whole or not at
+        all: a caller cancelled meanwhile does not interrupt it (FIFO on that thread, so
+        nothing else can interleave), and it rolls back if `work` or COMMIT raises.
+        """
+        db = self._writer
+        if db is None:
+            raise StoreUnavailable("the database is closed (the daemon is shutting down)")
+
+        def run(conn: sqlite3.Connection) -> T:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = work(conn)
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            return result
+
+        async with self._lock:
+            try:
+                # aiosqlite has no public call for "run this on your thread"; _execute is
+                # what its own execute() uses.
+                result: T = await db._execute(run, db._conn)  # type: ignore[no-untyped-call]
+            except sqlite3.OperationalError as exc:
+                raise StoreUnavailable(
+                    f"cannot write the database {self.path}: {exc} "
+                    "(check free disk space and that the file is writable)"
+                ) from exc
+            return result
 
     async def _fetchall(self, sql: str, params: Any) -> list[aiosqlite.Row]:
         if self._reader is None:
@@ -426,22 +463,22 @@ class Store:
         values = {k: _to_column(v) for k, v in fields.items()}
         assignments = ", ".join(f"{k} = :{k}" for k in values) or "id = id"
         guard = f" AND status IN ({', '.join(repr(s) for s in only_in)})" if only_in else ""
-        async with self._write() as db:
-            cur = await db.execute(
-                f"UPDATE runs SET {assignments} WHERE id = :run_id{guard}",
-                {**values, "run_id": run_id},
-            )
-            if cur.rowcount != 1:
+        sql = f"UPDATE runs SET {assignments} WHERE id = :run_id{guard}"
+
+        def write(conn: sqlite3.Connection) -> bool:
+            if conn.execute(sql, {**values, "run_id": run_id}).rowcount != 1:
                 return False
             if event is not None:
-                await _insert_event(db, run_id, event[0], event[1], data)
-        return True
+                conn.execute(_q("insert_event"), _event_params(run_id, *event, data))
+            return True
+
+        return await self._transaction(write)
 
     async def add_event(
         self, run_id: int, type_: str, message: str, data: dict[str, Any] | None = None
     ) -> None:
-        async with self._write() as db:
-            await _insert_event(db, run_id, type_, message, data or {})
+        params = _event_params(run_id, type_, message, data or {})
+        await self._transaction(lambda conn: conn.execute(_q("insert_event"), params))
 
     async def list_events(self, run_id: int, after: int = 0) -> list[RunEvent]:
         rows = await self._fetchall(_q("list_events"), {"run_id": run_id, "after": after})
@@ -466,13 +503,16 @@ class Store:
     ) -> None:
         """Insert (run_id, seq, attempt, stream, time_us, line) rows in one transaction."""
         rows = [(r, s, a, _STREAM_CODES[st], t, ln) for r, s, a, st, t, ln in lines]
-        async with self._write() as db:
-            await db.executemany(_q("insert_log_line"), rows)
-            for run_id, (count, truncated) in byte_counts.items():
-                await db.execute(
-                    _q("add_log_bytes"),
-                    {"bytes": count, "truncated": truncated, "run_id": run_id},
-                )
+        counts = [
+            {"bytes": count, "truncated": truncated, "run_id": run_id}
+            for run_id, (count, truncated) in byte_counts.items()
+        ]
+
+        def write(conn: sqlite3.Connection) -> None:
+            conn.executemany(_q("insert_log_line"), rows)
+            conn.executemany(_q("add_log_bytes"), counts)
+
+        await self._transaction(write)
 
     async def last_log_seq(self, run_id: int) -> int:
         row = await self._fetchone(_q("last_log_seq"), {"run_id": run_id})
@@ -676,13 +716,14 @@ def _run_params(
 async def _insert_event(
     db: aiosqlite.Connection, run_id: int, type_: str, message: str, data: dict[str, Any]
 ) -> None:
-    await db.execute(
-        _q("insert_event"),
-        {
-            "run_id": run_id,
-            "time": format_time(utcnow()),
-            "type": type_,
-            "message": message,
-            "data": json.dumps(data),
-        },
-    )
+    await db.execute(_q("insert_event"), _event_params(run_id, type_, message, data))
+
+
+def _event_params(run_id: int, type_: str, message: str, data: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "run_id": run_id,
+        "time": format_time(utcnow()),
+        "type": type_,
+        "message": message,
+        "data": json.dumps(data),
+    }
