@@ -377,6 +377,11 @@ class Store:
         row = await self._fetchone(_q("get_run"), {"id": run_id})
         return run_from_row(row) if row else None
 
+    async def run_status(self, run_id: int) -> RunStatus | None:
+        """Just the status: cheap enough to poll (get_run validates the whole snapshot)."""
+        row = await self._fetchone(_q("run_status"), {"id": run_id})
+        return RunStatus(row[0]) if row else None
+
     async def list_runs(
         self,
         namespace: str | None = None,

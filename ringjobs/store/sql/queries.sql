@@ -129,3 +129,6 @@ SELECT * FROM runs WHERE parent_id = :parent_id ORDER BY completion_index;
 
 -- name: child_run_id
 SELECT id FROM runs WHERE parent_id = :parent_id AND completion_index = :completion_index;
+
+-- name: run_status
+SELECT status FROM runs WHERE id = :id;
