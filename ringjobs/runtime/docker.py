@@ -2,9 +2,8 @@
 
 The calls every run makes (image inspect, create, attach, start, wait, inspect,
 stop, remove) go through `EngineAPI`: aiohttp on the event loop, one kept-alive
-pool. The rare ones (pull, events, network create, logs recovery, list) use the
-synchronous docker SDK in a dedicated thread pool; the events stream holds a thread
-for as long as it lasts.
+pool. The events stream is read there too. The rare calls (pull, network create, logs
+recovery, list, version) use the synchronous docker SDK in a dedicated thread pool.
 """
 
 from __future__ import annotations
@@ -12,10 +11,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import json
 import math
 import os
 import ssl
-import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -49,6 +48,7 @@ T = TypeVar("T")
 _EVENT_ACTIONS = ["die", "oom", "kill", "destroy"]
 _PULL_TIMEOUT = 600.0
 _FALLBACK_API_VERSION = "1.41"
+_EVENTS_RECONNECT = 1.0  # seconds between attempts to reopen the events stream
 _REMOVAL_GRACE = 10.0  # on close, how long removals under way may take to finish
 # An engine that went away mid-answer, as opposed to one that answered with an error.
 _BROKEN_CONNECTION = (requests.exceptions.RequestException, urllib3.exceptions.HTTPError)
@@ -75,8 +75,7 @@ class DockerRuntime:
             self._client = _client(base_url, version=_FALLBACK_API_VERSION, **kwargs)
         self._api = self._client.api
         self._engine = _engine_api(base_url, self._api)
-        self._closed = threading.Event()
-        self._event_streams: list[Any] = []
+        self._closed = False
         self._network_locks: dict[str, asyncio.Lock] = {}
         self._networks: set[str] = set()  # known to exist: no list call per run
         self._removals: set[asyncio.Future[None]] = set()
@@ -90,40 +89,6 @@ class DockerRuntime:
         except _BROKEN_CONNECTION as exc:
             raise EngineUnavailable(
                 f"cannot reach the Docker engine ({exc.__class__.__name__}); "
-                "check that dockerd is running and its socket is readable"
-            ) from exc
-
-    async def _call_detached(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run a call that may block for as long as a container lives on a daemon thread.
-
-        Pool threads are joined at interpreter exit, so a daemon stopping with containers
-        still running would wait for them; daemon threads are simply dropped.
-        """
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[T] = loop.create_future()
-
-        def deliver(setter: Callable[[Any], None], value: Any) -> None:
-            if not future.done():
-                setter(value)
-
-        def target() -> None:
-            try:
-                result = fn(*args, **kwargs)
-            except BaseException as exc:  # handed to the awaiting coroutine
-                outcome: tuple[Callable[[Any], None], Any] = (future.set_exception, exc)
-            else:
-                outcome = (future.set_result, result)
-            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
-                loop.call_soon_threadsafe(deliver, *outcome)
-
-        threading.Thread(target=target, daemon=True, name="docker-long").start()
-        try:
-            return await future
-        except docker.errors.APIError:
-            raise
-        except _BROKEN_CONNECTION as exc:
-            raise EngineUnavailable(
-                f"lost the Docker engine ({exc.__class__.__name__}); "
                 "check that dockerd is running and its socket is readable"
             ) from exc
 
@@ -310,53 +275,27 @@ class DockerRuntime:
         return states
 
     async def events(self) -> AsyncIterator[RuntimeEvent]:
-        """Managed containers' events; reconnects with `since` so none is lost."""
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[RuntimeEvent] = asyncio.Queue()
-        future = asyncio.ensure_future(self._call_detached(self._listen, loop, queue))
-        try:
-            while True:
-                yield await queue.get()
-        finally:
-            self._closed.set()
-            for stream in list(self._event_streams):
-                with contextlib.suppress(Exception):
-                    stream.close()
-            future.cancel()
+        """Managed containers' events; reconnects with `since` so none is lost.
 
-    def _listen(self, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[RuntimeEvent]) -> None:
-        since = time.time()
-        while not self._closed.is_set():
-            stream = None
+        Read on the event loop (no thread): a few events per run, each a JSON line.
+        """
+        since_ns = time.time_ns()
+        filters = json.dumps(
+            {"type": ["container"], "label": [f"{LABEL_MANAGED}=true"], "event": _EVENT_ACTIONS}
+        )
+        while not self._closed:
+            params = {"since": f"{since_ns // 10**9}.{since_ns % 10**9:09d}", "filters": filters}
             try:
-                stream = self._client.events(
-                    decode=True,
-                    since=since,
-                    filters={
-                        "type": "container",
-                        "label": f"{LABEL_MANAGED}=true",
-                        "event": _EVENT_ACTIONS,
-                    },
-                )
-                self._event_streams.append(stream)
-                for raw in stream:
+                async for raw in self._engine.stream("/events", params):
                     event = _event_from_raw(raw)
-                    since = event.time_ns / 1e9
-                    loop.call_soon_threadsafe(queue.put_nowait, event)
-            except Exception:
-                pass  # the engine went away or the loop closed: reconnect from `since`
-            finally:
-                self._event_streams.clear()
-                if stream is not None:
-                    with contextlib.suppress(Exception):
-                        stream.close()
-            self._closed.wait(1.0)
+                    since_ns = event.time_ns
+                    yield event
+            except (EngineUnavailable, EngineAPIError):
+                pass  # the engine went away: reconnect from `since`
+            await asyncio.sleep(_EVENTS_RECONNECT)
 
     async def close(self) -> None:
-        self._closed.set()
-        for stream in list(self._event_streams):
-            with contextlib.suppress(Exception):
-                stream.close()
+        self._closed = True
         self._pool.shutdown(wait=False, cancel_futures=True)
         if self._removals:
             await asyncio.wait(self._removals, timeout=_REMOVAL_GRACE)

@@ -121,6 +121,20 @@ class EngineAPI:
             raise EngineAPIError(response.status, _explanation(data))
         return _frames(response)
 
+    async def stream(self, path: str, params: dict[str, str]) -> AsyncIterator[Any]:
+        """The JSON objects of a streaming endpoint (one per line: events) until it ends."""
+        try:
+            async with self._client().get(
+                self._prefix + path, params=params, timeout=_STREAM_TIMEOUT
+            ) as response:
+                if response.status >= 400:
+                    raise EngineAPIError(response.status, _explanation(await response.read()))
+                async for line in response.content:
+                    if line.strip():
+                        yield _decode(line)
+        except _BROKEN as exc:
+            raise _unavailable(exc) from exc
+
     async def close(self) -> None:
         self._closed = True
         if self._session is not None:
