@@ -7,7 +7,8 @@ counting proxy, submits `--runs` trivial runs at once over the API and waits for
 all of them. Prints the daemon's CPU per run (user+sys, by thread), the Engine API
 requests per run by endpoint, and the SQLite work per run: transactions and
 aiosqlite thread hops, counted by a `sitecustomize` this harness gives the daemon
-(the product has no profiling code). With --py-spy, records the daemon's stacks.
+(the product has no profiling code). With --py-spy (`.venv/bin/pip install py-spy`),
+records the daemon's stacks: raw for a .txt file, else a flame graph.
 """
 
 from __future__ import annotations
@@ -126,7 +127,17 @@ def py_spy(out: str, pid: int) -> list[str]:
     """py-spy record: raw stacks for a .txt file (easy to aggregate), else a flame graph."""
     form = "raw" if out.endswith(".txt") else "flamegraph"
     argv = [str(run_bench.ROOT / ".venv" / "bin" / "py-spy"), "record", "-o", out]
-    return [*argv, "--pid", str(pid), "--threads", "--nonblocking", "--format", form]
+    return [
+        *argv,
+        "--pid",
+        str(pid),
+        "--threads",
+        "--nonblocking",
+        "--rate",
+        "400",
+        "--format",
+        form,
+    ]
 
 
 def thread_cpu(pid: int) -> collections.Counter[str]:
