@@ -153,7 +153,8 @@ class Store:
         # auto_vacuum must precede the first table (migration 0001 creates the file).
         try:
             for pragma in _PRAGMAS:
-                await db.execute(f"PRAGMA {pragma}")
+                async with db.execute(f"PRAGMA {pragma}"):
+                    pass  # closed: see _transaction
         except sqlite3.Error as exc:
             await db.close()  # its thread would otherwise keep the process alive
             raise StoreUnavailable(
@@ -231,6 +232,11 @@ class Store:
         statement (~55 us of CPU each, 4-5 per transition). `work` runs whole or not at
         all: a caller cancelled meanwhile does not interrupt it (FIFO on that thread, so
         nothing else can interleave), and it rolls back if `work` or COMMIT raises.
+
+        A statement run on the writer outside a transaction must close its cursor
+        (`async with`): aiosqlite keeps the last result alive until its next call, and
+        an open SELECT/PRAGMA cursor would make this COMMIT fail ("SQL statements in
+        progress").
         """
         db = self._writer
         if db is None:
@@ -240,10 +246,9 @@ class Store:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 result = work(conn)
-                conn.execute("COMMIT")
+                conn.commit()  # not execute("COMMIT"): that fails while a cursor is open
             except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
+                conn.rollback()
                 raise
             return result
 
@@ -328,19 +333,25 @@ class Store:
     ) -> int:
         """Insert a pending run; with refuse_if_active, raise Conflict instead if the job has
         an unfinished run. Check and insert share one transaction, so no race gets through."""
-        async with self._write() as db:
+        params = _run_params(spec, revision, trigger, caller_uid)
+        namespace = _namespace_params(spec.namespace, None, params["now"], False)
+        key = {"namespace": spec.namespace, "job": spec.name}
+
+        def write(conn: sqlite3.Connection) -> int:  # one thread hop: every exec/job run
             if refuse_if_active:
-                key = {"namespace": spec.namespace, "job": spec.name}
-                async with db.execute(_q("active_runs_of_job"), key) as cur:
-                    active = [int(r[0]) for r in await cur.fetchall()]
+                active = [int(r[0]) for r in conn.execute(_q("active_runs_of_job"), key)]
                 if active:
                     raise Conflict(
                         f"job {spec.key} already has an active run ({active[0]}) and its "
                         "concurrency_policy is Forbid; wait for it, or set "
                         "concurrency_policy: Allow"
                     )
-            await _upsert_namespace(db, spec.namespace, None, format_time(utcnow()), False)
-            return await _insert_run(db, spec, revision, trigger, caller_uid)
+            conn.execute(_q("upsert_namespace"), namespace)
+            run_id = int(conn.execute(_q("insert_run"), params).lastrowid or 0)
+            conn.execute(_q("insert_event"), _created_event(run_id, trigger, revision, caller_uid))
+            return run_id
+
+        return await self._transaction(write)
 
     async def create_child_run(self, parent: Run, index: int, spec: JobSpec) -> int:
         """The run of completion `index` of a fan-out run; a second call adds nothing."""
@@ -591,7 +602,8 @@ class Store:
             try:
                 # executescript frees every page at once (execute frees one per call).
                 await self._writer.executescript("PRAGMA incremental_vacuum;")
-                await self._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                async with self._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)"):
+                    pass  # closed: see _transaction
             except sqlite3.Error as exc:
                 raise StoreUnavailable(f"cannot reclaim space in {self.path}: {exc}") from exc
 
@@ -642,16 +654,19 @@ def _log_from_row(row: aiosqlite.Row) -> LogRecord:
 async def _upsert_namespace(
     db: aiosqlite.Connection, name: str, settings: dict[str, Any] | None, now: str, replace: bool
 ) -> None:
-    await db.execute(
-        _q("upsert_namespace"),
-        {
-            "name": name,
-            "environment": json.dumps(settings or {}),
-            "network": (settings or {}).get("network"),
-            "now": now,
-            "replace": replace,
-        },
-    )
+    await db.execute(_q("upsert_namespace"), _namespace_params(name, settings, now, replace))
+
+
+def _namespace_params(
+    name: str, settings: dict[str, Any] | None, now: str, replace: bool
+) -> dict[str, Any]:
+    return {
+        "name": name,
+        "environment": json.dumps(settings or {}),
+        "network": (settings or {}).get("network"),
+        "now": now,
+        "replace": replace,
+    }
 
 
 async def _apply_job(
@@ -692,14 +707,19 @@ async def _insert_run(
 ) -> int:
     cur = await db.execute(_q("insert_run"), _run_params(spec, revision, trigger, caller_uid))
     run_id = int(cur.lastrowid or 0)
-    await _insert_event(
-        db,
+    await db.execute(_q("insert_event"), _created_event(run_id, trigger, revision, caller_uid))
+    return run_id
+
+
+def _created_event(
+    run_id: int, trigger: Trigger, revision: int, caller_uid: int | None
+) -> dict[str, Any]:
+    return _event_params(
         run_id,
         "created",
         f"run created by {trigger} (revision {revision})",
         {"trigger": str(trigger), "caller_uid": caller_uid},
     )
-    return run_id
 
 
 def _run_params(

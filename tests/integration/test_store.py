@@ -560,6 +560,22 @@ async def test_pruned_run_ids_are_never_reused(store: Store) -> None:
     assert await store.create_run(spec(), 1, Trigger.MANUAL, None) == second + 1
 
 
+async def test_one_hop_writes_right_after_a_prune(store: Store) -> None:
+    # The prune ends with PRAGMAs on the writer; a cursor left open there would make the
+    # next one-hop transaction's COMMIT fail ("SQL statements in progress").
+    kept = await store.create_run(spec(), 1, Trigger.MANUAL, None)
+    for write in (
+        lambda: store.update_run(kept, ("x", "y"), status=RunStatus.RUNNING),
+        lambda: store.append_logs([(kept, 1, 1, "stdout", 1, "line")], {kept: (5, False)}),
+        lambda: store.add_event(kept, "warning", "w"),
+        lambda: store.create_run(spec(), 1, Trigger.MANUAL, None),
+    ):
+        await store.delete_runs([await store.create_run(spec(), 1, Trigger.MANUAL, None)])
+        await write()
+    run = await store.get_run(kept)
+    assert run is not None and (run.status, run.log_bytes) == (RunStatus.RUNNING, 5)
+
+
 async def test_prunable_runs(store: Store) -> None:
     done = await store.create_run(spec(), 1, Trigger.MANUAL, None)
     active = await store.create_run(spec(), 1, Trigger.MANUAL, None)
@@ -659,20 +675,27 @@ async def test_store_recovers_after_a_failed_commit(
     assert store._writer is not None
     connection = CommitFailsOnce(store._writer._conn)
     monkeypatch.setattr(store._writer, "_connection", connection)
-    # update_run commits in one hop on the writer's thread, create_run statement by statement.
+    # update_run and create_run commit in one hop on the writer's thread, apply statement
+    # by statement.
     with pytest.raises(StoreUnavailable):
         await store.update_run(run_id, status=RunStatus.RUNNING)
     connection.armed = True
     with pytest.raises(StoreUnavailable):
         await store.create_run(spec(), 1, Trigger.MANUAL, None)
+    connection.armed = True
+    with pytest.raises(StoreUnavailable):
+        await store.apply([], [spec("new")], always_start, None)
     # The disk has room again: the next writes must go through, and nothing failed was kept.
     assert [r.id for r in await store.list_runs()] == [run_id]
+    assert await store.get_job("ns", "new") is None
     await store.update_run(run_id, status=RunStatus.FAILED)
     second = await store.create_run(spec(), 1, Trigger.MANUAL, None)
+    [outcome] = await store.apply([], [spec("new")], always_start, None)
     run = await store.get_run(run_id)
     assert run is not None
     assert run.status is RunStatus.FAILED
     assert await store.get_run(second) is not None
+    assert outcome.run_id is not None and await store.get_job("ns", "new") is not None
 
 
 class CommitFailsOnce:
@@ -690,11 +713,6 @@ class CommitFailsOnce:
     def commit(self) -> None:
         self._commit_fails()
         self._real.commit()
-
-    def execute(self, sql: str, *args: Any) -> sqlite3.Cursor:
-        if sql.strip().upper() == "COMMIT":
-            self._commit_fails()
-        return self._real.execute(sql, *args)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._real, name)
