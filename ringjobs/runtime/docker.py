@@ -77,7 +77,6 @@ class DockerRuntime:
         self._engine = _engine_api(base_url, self._api)
         self._closed = False
         self._network_locks: dict[str, asyncio.Lock] = {}
-        self._networks: set[str] = set()  # known to exist: no list call per run
         self._removals: set[asyncio.Future[None]] = set()
 
     async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -133,13 +132,24 @@ class DockerRuntime:
             ) from exc
 
     async def ensure_network(self, name: str, labels: dict[str, str]) -> None:
-        # Docker's duplicate check is racy: two concurrent creates make two networks.
-        if name in self._networks:
+        # Asked on every run, not cached: Docker 20.10 accepts a container on a missing
+        # network (docker network prune) and refuses only its start, after the attach
+        # stream is open. One GET on the kept-alive pool; the SDK only if it is missing.
+        if await self._network_exists(name):
             return
+        # Docker's duplicate check is racy: two concurrent creates make two networks.
         lock = self._network_locks.setdefault(name, asyncio.Lock())
         async with lock:
             await self._ensure_network(name, labels)
-        self._networks.add(name)
+
+    async def _network_exists(self, name: str) -> bool:
+        try:
+            data = await self._engine.call("GET", f"/networks/{_quote(name)}")
+        except EngineAPIError as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return bool(data.get("Name") == name)
 
     async def _ensure_network(self, name: str, labels: dict[str, str]) -> None:
         existing = await self._call(self._api.networks, names=[name])
@@ -160,19 +170,9 @@ class DockerRuntime:
     async def create(self, spec: ContainerSpec) -> str:
         name, body = _create_body(self._api, _create_kwargs(spec))
         try:
-            try:
-                created = await self._engine.call(
-                    "POST", "/containers/create", params={"name": name}, body=body
-                )
-            except EngineAPIError as exc:
-                if not (exc.status == 404 and spec.network in self._networks):
-                    raise
-                # Our cached network was removed behind our back: make it again, once.
-                self._networks.discard(spec.network)
-                await self.ensure_network(spec.network, {LABEL_MANAGED: "true"})
-                created = await self._engine.call(
-                    "POST", "/containers/create", params={"name": name}, body=body
-                )
+            created = await self._engine.call(
+                "POST", "/containers/create", params={"name": name}, body=body
+            )
         except EngineAPIError as exc:
             if exc.status == 404:
                 raise ImageNotFound(f'image "{spec.image}" disappeared: {exc.explanation}') from exc
