@@ -117,7 +117,13 @@ class Daemon:
             create_app(self.engine), handle_signals=False, shutdown_timeout=_SHUTDOWN_TIMEOUT
         )
         await self.runner.setup()
-        await web.UnixSite(self.runner, str(self.config.socket)).start()
+        # Born 0660: between bind and chmod the socket already accepts connections, and
+        # asyncio yields to the loop there (a client could see the umask's mode).
+        umask = os.umask(0o117)
+        try:
+            await web.UnixSite(self.runner, str(self.config.socket)).start()
+        finally:
+            os.umask(umask)
         self._secure_socket()
         self._install_signal_handlers()
         log.info(

@@ -349,10 +349,12 @@ async def wait_run(request: web.Request) -> web.Response:
     deadline = utcnow() + timedelta(seconds=timeout)
     while True:
         token = engine.notifier.token(run_id)
-        run = await _require_run(engine, str(run_id))  # read after the token: no change missed
+        # Only the status until it is final (each run changes ~8 times while waited on);
+        # read after the token: no change missed.
+        status = await engine.store.run_status(run_id)
         remaining = (deadline - utcnow()).total_seconds()
-        if run.status.is_terminal or remaining <= 0:
-            return _json(run.to_api())
+        if status is None or status.is_terminal or remaining <= 0:
+            return _json((await _require_run(engine, str(run_id))).to_api())
         await engine.notifier.wait(token, min(remaining, _FOLLOW_POLL * 5))
 
 

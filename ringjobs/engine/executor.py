@@ -190,7 +190,8 @@ class RunExecutor:
         if self._stop_requested():
             await self._cancel_before_start()
             return
-        writer = await self.ctx.sink.open(run.id, self.attempt)
+        # attempt 0: never claimed before, so no line of it is stored (no reads needed).
+        writer = await self.ctx.sink.open(run.id, self.attempt, fresh=run.attempt == 0)
         if self.attempt > 1:
             await writer.add_line("system", f"[ringjobs] attempt {self.attempt}".encode())
         stream = await self.ctx.runtime.attach(self.container_id)

@@ -98,8 +98,14 @@ class LogSink:
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
 
-    async def open(self, run_id: int, attempt: int) -> RunLog:
-        """A writer continuing after whatever is already stored for the run."""
+    async def open(self, run_id: int, attempt: int, fresh: bool = False) -> RunLog:
+        """A writer continuing after whatever is already stored for the run.
+
+        `fresh`: the run was never claimed before, so nothing of it can be stored yet;
+        skips a flush and two reads per run.
+        """
+        if fresh:
+            return RunLog(self, run_id, attempt, 0, 0)
         await self.flush()  # the store then has every seq and byte of this run
         seq = await self._store.last_log_seq(run_id)
         run = await self._store.get_run(run_id)

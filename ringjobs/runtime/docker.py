@@ -1,8 +1,9 @@
-"""Docker implementation of the runtime, on the synchronous docker SDK.
+"""Docker implementation of the runtime.
 
-Every SDK call runs in a dedicated thread pool: `wait()`, an attach stream and the
-events stream each hold a thread for as long as they last, so the pool is sized for
-the configured concurrency (the default executor would starve).
+The calls every run makes (image inspect, create, attach, start, wait, inspect,
+stop, remove) go through `EngineAPI`: aiohttp on the event loop, one kept-alive
+pool. The events stream is read there too. The rare calls (pull, network create, logs
+recovery, list, version) use the synchronous docker SDK in a dedicated thread pool.
 """
 
 from __future__ import annotations
@@ -10,20 +11,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import json
 import math
-import socket
-import threading
+import os
+import ssl
 import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 import docker
 import docker.errors
 import requests.exceptions
 import urllib3.exceptions
+from docker.models.containers import _create_container_args
 from docker.types import LogConfig, Mount
-from docker.utils.socket import frames_iter
+from docker.utils import format_environment, parse_host
 
 from ringjobs.exceptions import EngineUnavailable
 from ringjobs.models import VolumeMount
@@ -40,14 +44,14 @@ from ringjobs.runtime.base import (
     SourceContainer,
     StartFailed,
 )
+from ringjobs.runtime.engine_api import EngineAPI, EngineAPIError
 
 T = TypeVar("T")
-_STREAMS = {1: "stdout", 2: "stderr"}
-_QUEUE_CHUNKS = 64  # bounded: a slow database slows the container's output, never our memory
 _EVENT_ACTIONS = ["die", "oom", "kill", "destroy"]
 _PULL_TIMEOUT = 600.0
 _FALLBACK_API_VERSION = "1.41"
-_PUMP_EXIT_TIMEOUT = 2.0  # a reader thread gets this long to notice its socket closed
+_EVENTS_RECONNECT = 1.0  # seconds between attempts to reopen the events stream
+_REMOVAL_GRACE = 10.0  # on close, how long removals under way may take to finish
 # An engine that went away mid-answer, as opposed to one that answered with an error.
 _BROKEN_CONNECTION = (requests.exceptions.RequestException, urllib3.exceptions.HTTPError)
 
@@ -72,9 +76,10 @@ class DockerRuntime:
             # let calls fail (and health report it) until the engine answers.
             self._client = _client(base_url, version=_FALLBACK_API_VERSION, **kwargs)
         self._api = self._client.api
-        self._closed = threading.Event()
-        self._event_streams: list[Any] = []
+        self._engine = _engine_api(base_url, self._api)
+        self._closed = False
         self._network_locks: dict[str, asyncio.Lock] = {}
+        self._removals: set[asyncio.Future[None]] = set()
 
     async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         loop = asyncio.get_running_loop()
@@ -85,40 +90,6 @@ class DockerRuntime:
         except _BROKEN_CONNECTION as exc:
             raise EngineUnavailable(
                 f"cannot reach the Docker engine ({exc.__class__.__name__}); "
-                "check that dockerd is running and its socket is readable"
-            ) from exc
-
-    async def _call_detached(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run a call that may block for as long as a container lives on a daemon thread.
-
-        Pool threads are joined at interpreter exit, so a daemon stopping with containers
-        still running would wait for them; daemon threads are simply dropped.
-        """
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[T] = loop.create_future()
-
-        def deliver(setter: Callable[[Any], None], value: Any) -> None:
-            if not future.done():
-                setter(value)
-
-        def target() -> None:
-            try:
-                result = fn(*args, **kwargs)
-            except BaseException as exc:  # handed to the awaiting coroutine
-                outcome: tuple[Callable[[Any], None], Any] = (future.set_exception, exc)
-            else:
-                outcome = (future.set_result, result)
-            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
-                loop.call_soon_threadsafe(deliver, *outcome)
-
-        threading.Thread(target=target, daemon=True, name="docker-long").start()
-        try:
-            return await future
-        except docker.errors.APIError:
-            raise
-        except _BROKEN_CONNECTION as exc:
-            raise EngineUnavailable(
-                f"lost the Docker engine ({exc.__class__.__name__}); "
                 "check that dockerd is running and its socket is readable"
             ) from exc
 
@@ -144,9 +115,11 @@ class DockerRuntime:
 
     async def _inspect_image(self, ref: str) -> ImageInfo | None:
         try:
-            data = await self._call(self._api.inspect_image, ref)
-        except docker.errors.NotFound:
-            return None
+            data = await self._engine.call("GET", f"/images/{_quote(ref)}/json")
+        except EngineAPIError as exc:
+            if exc.status == 404:
+                return None
+            raise
         return ImageInfo(id=str(data["Id"]), ref=ref)
 
     async def _pull(self, ref: str) -> None:
@@ -161,10 +134,24 @@ class DockerRuntime:
             ) from exc
 
     async def ensure_network(self, name: str, labels: dict[str, str]) -> None:
+        # Asked on every run, not cached: Docker 20.10 accepts a container on a missing
+        # network (docker network prune) and refuses only its start, after the attach
+        # stream is open. One GET on the kept-alive pool; the SDK only if it is missing.
+        if await self._network_exists(name):
+            return
         # Docker's duplicate check is racy: two concurrent creates make two networks.
         lock = self._network_locks.setdefault(name, asyncio.Lock())
         async with lock:
             await self._ensure_network(name, labels)
+
+    async def _network_exists(self, name: str) -> bool:
+        try:
+            data = await self._engine.call("GET", f"/networks/{_quote(name)}")
+        except EngineAPIError as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return bool(data.get("Name") == name)
 
     async def _ensure_network(self, name: str, labels: dict[str, str]) -> None:
         existing = await self._call(self._api.networks, names=[name])
@@ -183,15 +170,18 @@ class DockerRuntime:
                 raise StartFailed(f"cannot create network {name}: {_explain(exc)}") from exc
 
     async def create(self, spec: ContainerSpec) -> str:
-        kwargs = _create_kwargs(spec)
+        name, body = _create_body(self._api, _create_kwargs(spec))
         try:
-            container = await self._call(self._client.containers.create, **kwargs)
-        except docker.errors.ImageNotFound as exc:
-            raise ImageNotFound(f'image "{spec.image}" disappeared: {_explain(exc)}') from exc
-        except docker.errors.APIError as exc:
-            raise StartFailed(f"Docker refused to create the container: {_explain(exc)}") from exc
-        await self._join_networks(str(container.id), spec.extra_networks)
-        return str(container.id)
+            created = await self._engine.call(
+                "POST", "/containers/create", params={"name": name}, body=body
+            )
+        except EngineAPIError as exc:
+            if exc.status == 404:
+                raise ImageNotFound(f'image "{spec.image}" disappeared: {exc.explanation}') from exc
+            raise StartFailed(f"Docker refused to create the container: {exc.explanation}") from exc
+        container_id = str(created["Id"])
+        await self._join_networks(container_id, spec.extra_networks)
+        return container_id
 
     async def _join_networks(self, container_id: str, networks: list[str]) -> None:
         # The engine API this targets takes one network at create; the rest join before start.
@@ -236,73 +226,77 @@ class DockerRuntime:
         return sorted(names)
 
     async def attach(self, container_id: str) -> AsyncIterator[OutputChunk]:
-        """Open the attach socket now (before start) and return its reader."""
-        sock = await self._call(
-            self._api.attach_socket,
-            container_id,
-            # logs=0: attached before start there is nothing to replay, and replaying raced
-            # the live stream (about 1 run in 100 stored its output twice).
-            params={"stdout": 1, "stderr": 1, "stream": 1, "logs": 0},
-        )
-        return self._read_frames(sock)
+        """Open the attach stream now (before start) and return its reader.
 
-    async def _read_frames(self, sock: Any) -> AsyncIterator[OutputChunk]:
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[OutputChunk | None] = asyncio.Queue(_QUEUE_CHUNKS)
-
-        def pump() -> None:
-            try:
-                for stream_id, data in frames_iter(sock, tty=False):
-                    item = (_STREAMS.get(stream_id, "stdout"), data)
-                    asyncio.run_coroutine_threadsafe(queue.put(item), loop).result()
-            except Exception:
-                pass
-            finally:
-                _close_socket(sock)
-                if not loop.is_closed():
-                    with contextlib.suppress(RuntimeError):
-                        asyncio.run_coroutine_threadsafe(queue.put(None), loop)
-
-        future = asyncio.ensure_future(self._call_detached(pump))
+        logs=0: attached before start there is nothing to replay, and replaying raced the
+        live stream (about 1 run in 100 stored its output twice).
+        """
         try:
-            while (item := await queue.get()) is not None:
-                yield item
-        finally:
-            _close_socket(sock)
-            while not queue.empty():  # unblock the pump if it waits on a full queue
-                queue.get_nowait()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(asyncio.shield(future), _PUMP_EXIT_TIMEOUT)
+            return await self._engine.attach(container_id)
+        except EngineAPIError as exc:
+            if exc.status == 404:
+                raise ContainerNotFound(f"container {container_id[:12]} is gone") from exc
+            raise
 
     async def start(self, container_id: str) -> None:
         try:
-            await self._call(self._api.start, container_id)
-        except docker.errors.NotFound as exc:
-            raise ContainerNotFound(f"container {container_id[:12]} is gone") from exc
-        except docker.errors.APIError as exc:
-            raise StartFailed(f"the container could not start: {_explain(exc)}") from exc
+            await self._engine.call("POST", f"/containers/{_quote(container_id)}/start")
+        except EngineAPIError as exc:
+            if exc.status == 404:
+                raise ContainerNotFound(f"container {container_id[:12]} is gone") from exc
+            raise StartFailed(f"the container could not start: {exc.explanation}") from exc
 
     async def wait(self, container_id: str) -> int:
         try:
-            result = await self._call_detached(self._api.wait, container_id, timeout=None)
-        except docker.errors.NotFound as exc:
-            raise ContainerNotFound(f"container {container_id[:12]} is gone") from exc
+            result = await self._engine.call(
+                "POST", f"/containers/{_quote(container_id)}/wait", time_limit=None
+            )
+        except EngineAPIError as exc:
+            if exc.status == 404:
+                raise ContainerNotFound(f"container {container_id[:12]} is gone") from exc
+            raise
         return int(result.get("StatusCode", -1))
 
     async def inspect(self, container_id: str) -> ContainerState:
         try:
-            data = await self._call(self._api.inspect_container, container_id)
-        except docker.errors.NotFound as exc:
-            raise ContainerNotFound(f"container {container_id[:12]} is gone") from exc
+            data = await self._engine.call("GET", f"/containers/{_quote(container_id)}/json")
+        except EngineAPIError as exc:
+            if exc.status == 404:
+                raise ContainerNotFound(f"container {container_id[:12]} is gone") from exc
+            raise
         return _state_from_inspect(data)
 
     async def stop(self, container_id: str, grace_seconds: float) -> None:
-        with contextlib.suppress(docker.errors.NotFound):
-            await self._call(self._api.stop, container_id, timeout=math.ceil(grace_seconds))
+        grace = math.ceil(grace_seconds)
+        try:
+            await self._engine.call(
+                "POST",
+                f"/containers/{_quote(container_id)}/stop",
+                params={"t": str(grace)},
+                time_limit=grace + 60.0,
+            )
+        except EngineAPIError as exc:
+            if exc.status != 404:
+                raise
 
     async def remove(self, container_id: str) -> None:
-        with contextlib.suppress(docker.errors.NotFound):
-            await self._call(self._api.remove_container, container_id, v=True, force=True)
+        # Finished even if the caller is cancelled (a daemon stopping), and close() waits
+        # for it: a removal cut off mid-request would leave the container behind.
+        task = asyncio.ensure_future(self._remove(container_id))
+        self._removals.add(task)
+        task.add_done_callback(self._removals.discard)
+        await asyncio.shield(task)
+
+    async def _remove(self, container_id: str) -> None:
+        try:
+            await self._engine.call(
+                "DELETE",
+                f"/containers/{_quote(container_id)}",
+                params={"v": "1", "force": "1"},
+            )
+        except EngineAPIError as exc:
+            if exc.status != 404:
+                raise
 
     async def output(self, container_id: str, stream: str) -> bytes:
         try:
@@ -327,54 +321,31 @@ class DockerRuntime:
         return states
 
     async def events(self) -> AsyncIterator[RuntimeEvent]:
-        """Managed containers' events; reconnects with `since` so none is lost."""
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[RuntimeEvent] = asyncio.Queue()
-        future = asyncio.ensure_future(self._call_detached(self._listen, loop, queue))
-        try:
-            while True:
-                yield await queue.get()
-        finally:
-            self._closed.set()
-            for stream in list(self._event_streams):
-                with contextlib.suppress(Exception):
-                    stream.close()
-            future.cancel()
+        """Managed containers' events; reconnects with `since` so none is lost.
 
-    def _listen(self, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[RuntimeEvent]) -> None:
-        since = time.time()
-        while not self._closed.is_set():
-            stream = None
+        Read on the event loop (no thread): a few events per run, each a JSON line.
+        """
+        since_ns = time.time_ns()
+        filters = json.dumps(
+            {"type": ["container"], "label": [f"{LABEL_MANAGED}=true"], "event": _EVENT_ACTIONS}
+        )
+        while not self._closed:
+            params = {"since": f"{since_ns // 10**9}.{since_ns % 10**9:09d}", "filters": filters}
             try:
-                stream = self._client.events(
-                    decode=True,
-                    since=since,
-                    filters={
-                        "type": "container",
-                        "label": f"{LABEL_MANAGED}=true",
-                        "event": _EVENT_ACTIONS,
-                    },
-                )
-                self._event_streams.append(stream)
-                for raw in stream:
+                async for raw in self._engine.stream("/events", params):
                     event = _event_from_raw(raw)
-                    since = event.time_ns / 1e9
-                    loop.call_soon_threadsafe(queue.put_nowait, event)
-            except Exception:
-                pass  # the engine went away or the loop closed: reconnect from `since`
-            finally:
-                self._event_streams.clear()
-                if stream is not None:
-                    with contextlib.suppress(Exception):
-                        stream.close()
-            self._closed.wait(1.0)
+                    since_ns = event.time_ns
+                    yield event
+            except (EngineUnavailable, EngineAPIError):
+                pass  # the engine went away: reconnect from `since`
+            await asyncio.sleep(_EVENTS_RECONNECT)
 
     async def close(self) -> None:
-        self._closed.set()
-        for stream in list(self._event_streams):
-            with contextlib.suppress(Exception):
-                stream.close()
+        self._closed = True
         self._pool.shutdown(wait=False, cancel_futures=True)
+        if self._removals:
+            await asyncio.wait(self._removals, timeout=_REMOVAL_GRACE)
+        await self._engine.close()
         with contextlib.suppress(Exception):
             self._client.close()
 
@@ -422,18 +393,44 @@ def _create_kwargs(spec: ContainerSpec) -> dict[str, Any]:
     return kwargs
 
 
-def _close_socket(sock: Any) -> None:
-    """docker-py hands out a SocketIO wrapper; the real socket and response need closing too.
+def _engine_api(base_url: str | None, api: docker.APIClient) -> EngineAPI:
+    """The aiohttp client for the same engine, API version and TLS as the SDK's."""
+    host = parse_host(base_url or os.environ.get("DOCKER_HOST"), tls=bool(api.cert))
+    if host.startswith("ssh://"):
+        raise StartFailed(
+            "docker_host ssh:// is not supported; use unix:// or tcp:// (for a remote "
+            "engine, forward its socket with ssh -L)"
+        )
+    tls = None
+    if host.startswith("https://"):
+        tls = ssl.create_default_context(cafile=api.verify if isinstance(api.verify, str) else None)
+        if api.verify is False:
+            tls.check_hostname = False
+            tls.verify_mode = ssl.CERT_NONE
+        if api.cert:
+            tls.load_cert_chain(*api.cert)
+    return EngineAPI(host, api.api_version, tls)
 
-    shutdown() first: close() alone does not wake a thread blocked in recv() on it.
+
+def _create_body(api: docker.APIClient, kwargs: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """(name, JSON body) of POST /containers/create, built by the SDK's own helpers.
+
+    Exactly what `client.containers.create(**kwargs)` sends, without its HTTP call and
+    the inspect it makes after; `_create_kwargs` stays the one place for settings.
     """
-    raw = getattr(sock, "_sock", sock)
-    with contextlib.suppress(Exception):
-        raw.shutdown(socket.SHUT_RDWR)
-    for part in (sock, getattr(sock, "_sock", None), getattr(sock, "_response", None)):
-        if part is not None:
-            with contextlib.suppress(Exception):
-                part.close()
+    args = _create_container_args({**kwargs, "version": api.api_version})
+    name = str(args.pop("name"))
+    environment = args.pop("environment", None)
+    if isinstance(environment, dict):
+        environment = format_environment(environment)
+    proxies = getattr(api, "_proxy_configs", None)  # the SDK adds ~/.docker proxy env
+    if proxies is not None:
+        environment = proxies.inject_proxy_environment(environment) or None
+    return name, dict(api.create_container_config(environment=environment, **args))
+
+
+def _quote(value: str) -> str:
+    return quote(value, safe="/:@")
 
 
 def _mount(volume: Any) -> Mount:

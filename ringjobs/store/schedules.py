@@ -7,6 +7,7 @@ single writer and its reader (one transaction per call, like every other write).
 from __future__ import annotations
 
 import json
+import sqlite3
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -74,36 +75,43 @@ def _q(name: str) -> str:
     return queries()[name]
 
 
-async def claim_fire(db: aiosqlite.Connection, spec: JobSpec, fire: ScheduledFire) -> None:
+def claim_fire(conn: sqlite3.Connection, spec: JobSpec, fire: ScheduledFire) -> None:
     """Inside the run's transaction: take the fire's key, or raise FireAlreadyHandled."""
-    if not await _insert_fire(db, spec.namespace, spec.name, fire, "started", None):
+    key = {"namespace": spec.namespace, "job": spec.name}
+    if conn.execute(_q("claim_fire"), _fire_params(key, fire, "started", None)).rowcount != 1:
         raise FireAlreadyHandled(
             f"the fire of {spec.key} at {format_time(fire.fire_at)} was already handled"
         )
+    conn.execute(_q("trim_fires"), {**key, "keep": FIRES_KEPT_PER_JOB})
 
 
-async def link_fire(
-    db: aiosqlite.Connection, spec: JobSpec, fire: ScheduledFire, run_id: int
-) -> None:
-    await db.execute(
-        _q("link_fire"),
-        {
-            "run_id": run_id,
-            "namespace": spec.namespace,
-            "job": spec.name,
-            "fire_at": format_time(fire.fire_at),
-        },
-    )
-    await db.execute(
+def link_fire(conn: sqlite3.Connection, spec: JobSpec, fire: ScheduledFire, run_id: int) -> None:
+    fire_at = format_time(fire.fire_at)
+    key = {"namespace": spec.namespace, "job": spec.name, "fire_at": fire_at}
+    conn.execute(_q("link_fire"), {"run_id": run_id, **key})
+    conn.execute(
         _q("insert_event"),
         {
             "run_id": run_id,
             "time": format_time(utcnow()),
             "type": "scheduled",
             "message": fire.message,
-            "data": json.dumps({"fire_at": format_time(fire.fire_at)}),
+            "data": json.dumps({"fire_at": fire_at}),
         },
     )
+
+
+def _fire_params(
+    key: dict[str, str], fire: ScheduledFire, outcome: str, run_id: int | None
+) -> dict[str, Any]:
+    return {
+        **key,
+        "fire_at": format_time(fire.fire_at),
+        "outcome": outcome,
+        "run_id": run_id,
+        "message": fire.message,
+        "now": format_time(utcnow()),
+    }
 
 
 async def _insert_fire(
@@ -115,17 +123,7 @@ async def _insert_fire(
     run_id: int | None,
 ) -> bool:
     key = {"namespace": namespace, "job": job}
-    cur = await db.execute(
-        _q("claim_fire"),
-        {
-            **key,
-            "fire_at": format_time(fire.fire_at),
-            "outcome": outcome,
-            "run_id": run_id,
-            "message": fire.message,
-            "now": format_time(utcnow()),
-        },
-    )
+    cur = await db.execute(_q("claim_fire"), _fire_params(key, fire, outcome, run_id))
     if cur.rowcount != 1:
         return False
     await db.execute(_q("trim_fires"), {**key, "keep": FIRES_KEPT_PER_JOB})

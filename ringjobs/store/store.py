@@ -15,7 +15,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiosqlite
 
@@ -114,6 +114,8 @@ class ApplyOutcome:
     run_id: int | None
 
 
+T = TypeVar("T")
+
 # Decides, inside the apply transaction, whether a changed job starts a run now.
 StartDecision = Callable[[JobSpec, list[int]], bool]
 
@@ -163,7 +165,8 @@ class Store:
         # auto_vacuum must precede the first table (migration 0001 creates the file).
         try:
             for pragma in _PRAGMAS:
-                await db.execute(f"PRAGMA {pragma}")
+                async with db.execute(f"PRAGMA {pragma}"):
+                    pass  # closed: see _transaction
         except sqlite3.Error as exc:
             await db.close()  # its thread would otherwise keep the process alive
             if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_CORRUPT:
@@ -259,6 +262,45 @@ class Store:
                     "(check free disk space and that the file is writable)"
                 ) from exc
 
+    async def _transaction(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """BEGIN IMMEDIATE, `work`, COMMIT as one call on the writer's thread.
+
+        For the writes every run makes: one thread hop per transaction instead of one per
+        statement (~55 us of CPU each, 4-5 per transition). `work` runs whole or not at
+        all: a caller cancelled meanwhile does not interrupt it (FIFO on that thread, so
+        nothing else can interleave), and it rolls back if `work` or COMMIT raises.
+
+        A statement run on the writer outside a transaction must close its cursor
+        (`async with`): aiosqlite keeps the last result alive until its next call, and
+        an open SELECT/PRAGMA cursor would make this COMMIT fail ("SQL statements in
+        progress").
+        """
+        db = self._writer
+        if db is None:
+            raise StoreUnavailable("the database is closed (the daemon is shutting down)")
+
+        def run(conn: sqlite3.Connection) -> T:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = work(conn)
+                conn.commit()  # not execute("COMMIT"): that fails while a cursor is open
+            except BaseException:
+                conn.rollback()
+                raise
+            return result
+
+        async with self._lock:
+            try:
+                # aiosqlite has no public call for "run this on your thread"; _execute is
+                # what its own execute() uses.
+                result: T = await db._execute(run, db._conn)  # type: ignore[no-untyped-call]
+            except sqlite3.OperationalError as exc:
+                raise StoreUnavailable(
+                    f"cannot write the database {self.path}: {exc} "
+                    "(check free disk space and that the file is writable)"
+                ) from exc
+            return result
+
     async def _fetchall(self, sql: str, params: Any) -> list[aiosqlite.Row]:
         if self._reader is None:
             raise StoreUnavailable("the database is closed (the daemon is shutting down)")
@@ -327,24 +369,29 @@ class Store:
         """Insert a pending run; with refuse_if_active, raise Conflict instead if the job has
         an unfinished run. Check and insert share one transaction, so no race gets through.
         With a schedule fire, the fire is claimed in it too (FireAlreadyHandled if taken)."""
-        async with self._write() as db:
+        params = _run_params(spec, revision, trigger, caller_uid)
+        namespace = _namespace_params(spec.namespace, None, params["now"], False)
+        key = {"namespace": spec.namespace, "job": spec.name}
+
+        def write(conn: sqlite3.Connection) -> int:  # one thread hop: every exec/job run
             if fire is not None:
-                await claim_fire(db, spec, fire)
+                claim_fire(conn, spec, fire)
             if refuse_if_active:
-                key = {"namespace": spec.namespace, "job": spec.name}
-                async with db.execute(_q("active_runs_of_job"), key) as cur:
-                    active = [int(r[0]) for r in await cur.fetchall()]
+                active = [int(r[0]) for r in conn.execute(_q("active_runs_of_job"), key)]
                 if active:
                     raise Conflict(
                         f"job {spec.key} already has an active run ({active[0]}) and its "
                         "concurrency_policy is Forbid; wait for it, or set "
                         "concurrency_policy: Allow"
                     )
-            await _upsert_namespace(db, spec.namespace, None, format_time(utcnow()), False)
-            run_id = await _insert_run(db, spec, revision, trigger, caller_uid)
+            conn.execute(_q("upsert_namespace"), namespace)
+            run_id = int(conn.execute(_q("insert_run"), params).lastrowid or 0)
+            conn.execute(_q("insert_event"), _created_event(run_id, trigger, revision, caller_uid))
             if fire is not None:
-                await link_fire(db, spec, fire, run_id)
+                link_fire(conn, spec, fire, run_id)
             return run_id
+
+        return await self._transaction(write)
 
     async def create_child_run(self, parent: Run, index: int, spec: JobSpec) -> int:
         """The run of completion `index` of a fan-out run; a second call adds nothing."""
@@ -380,6 +427,11 @@ class Store:
     async def get_run(self, run_id: int) -> Run | None:
         row = await self._fetchone(_q("get_run"), {"id": run_id})
         return run_from_row(row) if row else None
+
+    async def run_status(self, run_id: int) -> RunStatus | None:
+        """Just the status: cheap enough to poll (get_run validates the whole snapshot)."""
+        row = await self._fetchone(_q("run_status"), {"id": run_id})
+        return RunStatus(row[0]) if row else None
 
     async def list_runs(
         self,
@@ -467,22 +519,22 @@ class Store:
         values = {k: _to_column(v) for k, v in fields.items()}
         assignments = ", ".join(f"{k} = :{k}" for k in values) or "id = id"
         guard = f" AND status IN ({', '.join(repr(s) for s in only_in)})" if only_in else ""
-        async with self._write() as db:
-            cur = await db.execute(
-                f"UPDATE runs SET {assignments} WHERE id = :run_id{guard}",
-                {**values, "run_id": run_id},
-            )
-            if cur.rowcount != 1:
+        sql = f"UPDATE runs SET {assignments} WHERE id = :run_id{guard}"
+
+        def write(conn: sqlite3.Connection) -> bool:
+            if conn.execute(sql, {**values, "run_id": run_id}).rowcount != 1:
                 return False
             if event is not None:
-                await _insert_event(db, run_id, event[0], event[1], data)
-        return True
+                conn.execute(_q("insert_event"), _event_params(run_id, *event, data))
+            return True
+
+        return await self._transaction(write)
 
     async def add_event(
         self, run_id: int, type_: str, message: str, data: dict[str, Any] | None = None
     ) -> None:
-        async with self._write() as db:
-            await _insert_event(db, run_id, type_, message, data or {})
+        params = _event_params(run_id, type_, message, data or {})
+        await self._transaction(lambda conn: conn.execute(_q("insert_event"), params))
 
     async def list_events(self, run_id: int, after: int = 0) -> list[RunEvent]:
         rows = await self._fetchall(_q("list_events"), {"run_id": run_id, "after": after})
@@ -507,13 +559,16 @@ class Store:
     ) -> None:
         """Insert (run_id, seq, attempt, stream, time_us, line) rows in one transaction."""
         rows = [(r, s, a, _STREAM_CODES[st], t, ln) for r, s, a, st, t, ln in lines]
-        async with self._write() as db:
-            await db.executemany(_q("insert_log_line"), rows)
-            for run_id, (count, truncated) in byte_counts.items():
-                await db.execute(
-                    _q("add_log_bytes"),
-                    {"bytes": count, "truncated": truncated, "run_id": run_id},
-                )
+        counts = [
+            {"bytes": count, "truncated": truncated, "run_id": run_id}
+            for run_id, (count, truncated) in byte_counts.items()
+        ]
+
+        def write(conn: sqlite3.Connection) -> None:
+            conn.executemany(_q("insert_log_line"), rows)
+            conn.executemany(_q("add_log_bytes"), counts)
+
+        await self._transaction(write)
 
     async def last_log_seq(self, run_id: int) -> int:
         row = await self._fetchone(_q("last_log_seq"), {"run_id": run_id})
@@ -668,7 +723,8 @@ class Store:
             try:
                 # executescript frees every page at once (execute frees one per call).
                 await self._writer.executescript("PRAGMA incremental_vacuum;")
-                await self._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                async with self._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)"):
+                    pass  # closed: see _transaction
             except sqlite3.Error as exc:
                 raise StoreUnavailable(f"cannot reclaim space in {self.path}: {exc}") from exc
 
@@ -764,16 +820,19 @@ def _log_from_row(row: aiosqlite.Row) -> LogRecord:
 async def _upsert_namespace(
     db: aiosqlite.Connection, name: str, settings: dict[str, Any] | None, now: str, replace: bool
 ) -> None:
-    await db.execute(
-        _q("upsert_namespace"),
-        {
-            "name": name,
-            "environment": json.dumps(settings or {}),
-            "network": (settings or {}).get("network"),
-            "now": now,
-            "replace": replace,
-        },
-    )
+    await db.execute(_q("upsert_namespace"), _namespace_params(name, settings, now, replace))
+
+
+def _namespace_params(
+    name: str, settings: dict[str, Any] | None, now: str, replace: bool
+) -> dict[str, Any]:
+    return {
+        "name": name,
+        "environment": json.dumps(settings or {}),
+        "network": (settings or {}).get("network"),
+        "now": now,
+        "replace": replace,
+    }
 
 
 async def _apply_job(
@@ -814,14 +873,19 @@ async def _insert_run(
 ) -> int:
     cur = await db.execute(_q("insert_run"), _run_params(spec, revision, trigger, caller_uid))
     run_id = int(cur.lastrowid or 0)
-    await _insert_event(
-        db,
+    await db.execute(_q("insert_event"), _created_event(run_id, trigger, revision, caller_uid))
+    return run_id
+
+
+def _created_event(
+    run_id: int, trigger: Trigger, revision: int, caller_uid: int | None
+) -> dict[str, Any]:
+    return _event_params(
         run_id,
         "created",
         f"run created by {trigger} (revision {revision})",
         {"trigger": str(trigger), "caller_uid": caller_uid},
     )
-    return run_id
 
 
 def _run_params(
@@ -843,13 +907,14 @@ def _run_params(
 async def _insert_event(
     db: aiosqlite.Connection, run_id: int, type_: str, message: str, data: dict[str, Any]
 ) -> None:
-    await db.execute(
-        _q("insert_event"),
-        {
-            "run_id": run_id,
-            "time": format_time(utcnow()),
-            "type": type_,
-            "message": message,
-            "data": json.dumps(data),
-        },
-    )
+    await db.execute(_q("insert_event"), _event_params(run_id, type_, message, data))
+
+
+def _event_params(run_id: int, type_: str, message: str, data: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "run_id": run_id,
+        "time": format_time(utcnow()),
+        "type": type_,
+        "message": message,
+        "data": json.dumps(data),
+    }

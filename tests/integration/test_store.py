@@ -302,16 +302,17 @@ async def test_update_run_rolls_back_fields_when_the_event_fails(
     store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     run_id = await store.create_run(spec(), 1, Trigger.MANUAL, None)
-
-    async def broken_event(*_args: Any) -> None:
-        raise RuntimeError("event insert failed")
-
-    monkeypatch.setattr(store_module, "_insert_event", broken_event)
-    with pytest.raises(RuntimeError):
+    assert store._writer is not None
+    # A real failure of the event's INSERT, after the run's UPDATE in the same transaction.
+    await store._writer.execute(
+        "CREATE TEMP TRIGGER no_events BEFORE INSERT ON run_events "
+        "BEGIN SELECT RAISE(ABORT, 'event insert failed'); END"
+    )
+    with pytest.raises(sqlite3.IntegrityError, match="event insert failed"):
         await store.update_run(
             run_id, ("finished", "done"), status=RunStatus.COMPLETED, exit_code=0
         )
-    monkeypatch.undo()
+    await store._writer.execute("DROP TRIGGER temp.no_events")
 
     run = await store.get_run(run_id)
     assert run is not None
@@ -559,6 +560,22 @@ async def test_pruned_run_ids_are_never_reused(store: Store) -> None:
     assert await store.create_run(spec(), 1, Trigger.MANUAL, None) == second + 1
 
 
+async def test_one_hop_writes_right_after_a_prune(store: Store) -> None:
+    # The prune ends with PRAGMAs on the writer; a cursor left open there would make the
+    # next one-hop transaction's COMMIT fail ("SQL statements in progress").
+    kept = await store.create_run(spec(), 1, Trigger.MANUAL, None)
+    for write in (
+        lambda: store.update_run(kept, ("x", "y"), status=RunStatus.RUNNING),
+        lambda: store.append_logs([(kept, 1, 1, "stdout", 1, "line")], {kept: (5, False)}),
+        lambda: store.add_event(kept, "warning", "w"),
+        lambda: store.create_run(spec(), 1, Trigger.MANUAL, None),
+    ):
+        await store.delete_runs([await store.create_run(spec(), 1, Trigger.MANUAL, None)])
+        await write()
+    run = await store.get_run(kept)
+    assert run is not None and (run.status, run.log_bytes) == (RunStatus.RUNNING, 5)
+
+
 async def test_prunable_runs(store: Store) -> None:
     done = await store.create_run(spec(), 1, Trigger.MANUAL, None)
     active = await store.create_run(spec(), 1, Trigger.MANUAL, None)
@@ -591,10 +608,11 @@ async def test_write_failure_is_store_unavailable(
     run_id = await store.create_run(spec(), 1, Trigger.MANUAL, None)
     assert store._writer is not None
 
-    def full_disk(*_args: Any, **_kwargs: Any) -> Any:
+    async def full_disk(*_args: Any, **_kwargs: Any) -> Any:
         raise sqlite3.OperationalError("database or disk is full")
 
-    monkeypatch.setattr(store._writer, "execute", full_disk)
+    # Every call on the writer's thread (statements and one-hop transactions) fails.
+    monkeypatch.setattr(store._writer, "_execute", full_disk)
     attempts = [
         store.update_run(run_id, ("x", "y"), status=RunStatus.RUNNING),
         store.create_run(spec(), 1, Trigger.MANUAL, None),
@@ -655,24 +673,49 @@ async def test_store_recovers_after_a_failed_commit(
 ) -> None:
     run_id = await store.create_run(spec(), 1, Trigger.MANUAL, None)
     assert store._writer is not None
-    real_commit = store._writer.commit
-    failures = 0
-
-    async def commit_failing_once() -> None:
-        nonlocal failures
-        if failures == 0:
-            failures += 1
-            raise sqlite3.OperationalError("database or disk is full")
-        await real_commit()
-
-    monkeypatch.setattr(store._writer, "commit", commit_failing_once)
+    connection = CommitFailsOnce(store._writer._conn)
+    monkeypatch.setattr(store._writer, "_connection", connection)
+    # update_run and create_run commit in one hop on the writer's thread, apply statement
+    # by statement.
     with pytest.raises(StoreUnavailable):
         await store.update_run(run_id, status=RunStatus.RUNNING)
-    # The disk has room again: the next write must go through.
+    connection.armed = True
+    with pytest.raises(StoreUnavailable):
+        await store.create_run(spec(), 1, Trigger.MANUAL, None)
+    connection.armed = True
+    with pytest.raises(StoreUnavailable):
+        await store.apply([], [spec("new")], always_start, None)
+    # The disk has room again: the next writes must go through, and nothing failed was kept.
+    assert [r.id for r in await store.list_runs()] == [run_id]
+    assert await store.get_job("ns", "new") is None
     await store.update_run(run_id, status=RunStatus.FAILED)
+    second = await store.create_run(spec(), 1, Trigger.MANUAL, None)
+    [outcome] = await store.apply([], [spec("new")], always_start, None)
     run = await store.get_run(run_id)
     assert run is not None
     assert run.status is RunStatus.FAILED
+    assert await store.get_run(second) is not None
+    assert outcome.run_id is not None and await store.get_job("ns", "new") is not None
+
+
+class CommitFailsOnce:
+    """The writer's sqlite3 connection, except that a COMMIT fails while `armed`, once."""
+
+    def __init__(self, real: sqlite3.Connection) -> None:
+        self._real = real
+        self.armed = True
+
+    def _commit_fails(self) -> None:
+        if self.armed:
+            self.armed = False
+            raise sqlite3.OperationalError("database or disk is full")
+
+    def commit(self) -> None:
+        self._commit_fails()
+        self._real.commit()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
 
 
 async def test_open_a_file_that_is_not_a_database(

@@ -257,3 +257,6 @@ SELECT coalesce(min(seq), 0) FROM (
     WHERE run_id = :run_id AND time >= :since AND (:stream IS NULL OR stream = :stream)
     ORDER BY seq DESC LIMIT :tail
 );
+
+-- name: run_status
+SELECT status FROM runs WHERE id = :id;
