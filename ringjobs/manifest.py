@@ -1001,6 +1001,57 @@ def _check_bind(source: str, at: _At, context: _Context) -> None:
         )
 
 
+def policy_refusals(spec: JobSpec, policy: Policy) -> list[str]:
+    """What a stored snapshot asks that the daemon's policy does not allow (any more).
+
+    Apply checks a manifest against the policy of its day; a policy tightened since must
+    also stop the stored jobs, reruns and schedule fires that ask for what it removed.
+    """
+    context = _make_context(policy, JobDefaults(), False)
+    unconfined = {opt.split("=", 1)[0] for opt in spec.security_opt if opt.endswith("=unconfined")}
+    asked = [
+        (spec.privileged and not policy.allow_privileged, "privileged: true", "allow_privileged"),
+        (
+            spec.network == "host" and not policy.allow_host_network,
+            "network: host",
+            "allow_host_network",
+        ),
+        (spec.pid_mode == "host" and not policy.allow_host_pid, "pid: host", "allow_host_pid"),
+        (spec.ipc_mode == "host" and not policy.allow_host_ipc, "ipc: host", "allow_host_ipc"),
+        (spec.uts_mode == "host" and not policy.allow_host_uts, "uts: host", "allow_host_uts"),
+        (
+            spec.userns_mode == "host" and not policy.allow_host_userns,
+            "userns_mode: host",
+            "allow_host_userns",
+        ),
+        (
+            "seccomp" in unconfined and not policy.allow_unconfined_seccomp,
+            "security_opt seccomp=unconfined",
+            "allow_unconfined_seccomp",
+        ),
+        (
+            "apparmor" in unconfined and not policy.allow_unconfined_apparmor,
+            "security_opt apparmor=unconfined",
+            "allow_unconfined_apparmor",
+        ),
+    ]
+    caps = context.allowed_caps
+    asked += [
+        (cap not in caps and "ALL" not in caps, f"capability {cap}", "allowed_capabilities")
+        for cap in map(_normalise_capability, spec.cap_add)
+    ]
+    for device in spec.devices:
+        host = os.path.normpath(device.split(":", 1)[0])
+        known = host in context.allowed_devices or _realpath(host) in context.allowed_devices
+        asked.append((not known, f"device {host}", "allowed_devices"))
+    return [
+        f"the job asks for {what}, which the daemon's policy does not allow "
+        f"(policy.{key}); allow it in the daemon config, or change the job"
+        for refused, what, key in asked
+        if refused
+    ]
+
+
 def bind_source_now(source: str, policy: Policy) -> str:
     """The bind source resolved again just before the container is made.
 

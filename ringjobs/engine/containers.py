@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ringjobs.config import Config
-from ringjobs.manifest import bind_source_now
+from ringjobs.manifest import bind_source_now, policy_refusals
 from ringjobs.models import JobSpec, Run, VolumeMount
 from ringjobs.runtime.base import (
     LABEL_ATTEMPT,
@@ -52,6 +52,7 @@ def container_spec(
     instance: str,
 ) -> ContainerSpec:
     spec = run.spec
+    _check_policy(spec, config)  # the policy of today, not of the day it was applied
     limits = spec.resources
     return ContainerSpec(
         name=container_name(run, attempt, instance),
@@ -81,6 +82,12 @@ def container_spec(
         log_max_file=config.logs.docker_max_file,
         stop_grace_seconds=spec.stop_grace_period_seconds,
     )
+
+
+def _check_policy(spec: JobSpec, config: Config) -> None:
+    refusals = policy_refusals(spec, config.policy)
+    if refusals:
+        raise ConfigProblem("; ".join(refusals))
 
 
 def _checked_mounts(spec: JobSpec, config: Config) -> list[VolumeMount]:

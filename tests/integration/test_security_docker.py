@@ -73,14 +73,26 @@ async def test_hardened_defaults_hold_inside_the_container(harness: Harness) -> 
     assert status == {"Seccomp": "2", "NoNewPrivs": "1", "CapEff": "0000000000000000"}
 
 
-async def test_relaxations_allowed_by_policy_reach_docker(harness: Harness) -> None:
-    policy = Policy(
-        allow_host_uts=True,
-        allow_host_userns=True,
-        allowed_devices=["/dev/null"],
-        allow_unconfined_seccomp=True,
-        allow_unconfined_apparmor=True,
-    )
+RELAXED = {
+    "allow_host_uts": True,
+    "allow_host_userns": True,
+    "allowed_devices": ["/dev/null"],
+    "allow_unconfined_seccomp": True,
+    "allow_unconfined_apparmor": True,
+    "allowed_capabilities": ["SYS_ADMIN"],
+}
+
+
+@pytest.fixture
+async def relaxed(namespace: str, tmp_path: Path) -> AsyncIterator[Harness]:
+    h = Harness(make_config(tmp_path, policy=RELAXED), namespace)
+    await h.start()
+    yield h
+    await h.stop()
+
+
+async def test_relaxations_allowed_by_policy_reach_docker(relaxed: Harness) -> None:
+    harness, policy = relaxed, Policy(**RELAXED)  # type: ignore[arg-type]
     spec = from_manifest(
         harness.namespace,
         "uts: host, userns_mode: host, devices: ['/dev/null:/dev/mynull:rw'], "
@@ -132,3 +144,22 @@ async def test_a_bind_source_swapped_for_a_symlink_after_apply_is_refused(
     assert (second.status, second.reason) == (RunStatus.FAILED, "config_error")
     assert "now resolves to '/etc'" in (second.message or "")
     assert second.container_id is None
+
+
+async def test_a_policy_tightened_after_apply_stops_the_stored_job(harness: Harness) -> None:
+    """Applied when the policy allowed it; the daemon now runs with the default policy."""
+    entry = (
+        "uts: host, devices: ['/dev/null'], cap_add: [SYS_ADMIN], "
+        "security_opt: [seccomp=unconfined], command: ['true']"
+    )
+    spec = from_manifest(harness.namespace, entry, Policy(**RELAXED))  # type: ignore[arg-type]
+    run = await harness.run(spec)  # type: ignore[arg-type]
+    assert (run.status, run.reason) == (RunStatus.FAILED, "config_error")
+    for key in (
+        "allow_host_uts",
+        "allowed_devices",
+        "allowed_capabilities",
+        "allow_unconfined_seccomp",
+    ):
+        assert f"policy.{key}" in (run.message or ""), run.message
+    assert run.container_id is None  # refused before Docker was asked for anything
