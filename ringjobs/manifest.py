@@ -113,6 +113,7 @@ _JOB_FIELDS = _RING_FIELDS + _EXTENSION_FIELDS
 _NAMESPACE_FIELDS = ("name", "environment", "network", "defaults")
 _VOLUME_FIELDS = ("type", "source", "destination", "driver", "permission")
 _SOURCE_KINDS = ("container", "compose", "label")
+_CONTAINER_NAME = re.compile(r"/?[a-zA-Z0-9][a-zA-Z0-9_.-]*")
 
 _CRON_MACROS = ("@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly")
 _MONTHS = ("JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC")
@@ -703,8 +704,13 @@ def _image_part(raw: dict[Any, Any], at: _At, context: _Context) -> dict[str, An
             "image",
             _required(raw, "image", at, _image, ' (give an image, or a "from" source)'),
         )
-    else:
-        _put(out, "image", _opt(raw, "image", at, _image))
+    elif raw.get("image") is not None:
+        # The executor runs the source's image; an image beside it would be silently ignored.
+        at.child("image").fail(
+            "give either image or from, not both "
+            "(from takes the source container's image, pinned by ID)",
+            "invalid_value",
+        )
     return out
 
 
@@ -759,7 +765,7 @@ def _live_source(value: object, at: _At) -> LiveSource | None:
     kind = chosen[0]
     fields: dict[str, Any] = {"mounts": _opt(raw, "mounts", at, _source_mounts) or "none"}
     if kind == "container":
-        fields["container"] = _nonempty(raw[kind], at.child(kind))
+        fields["container"] = _container_name(raw[kind], at.child(kind))
     elif kind == "label":
         fields["label"] = _label_selector(raw[kind], at.child(kind))
     else:
@@ -767,6 +773,22 @@ def _live_source(value: object, at: _At) -> LiveSource | None:
     if any(value is None for value in fields.values()):
         return None
     return _construct(LiveSource, fields, at)
+
+
+def _container_name(value: object, at: _At) -> str | None:
+    """Docker's container-name pattern: the name is matched exactly, never as an ID prefix
+    or a path (it must not reach the engine API's URL as `../..`)."""
+    text = _nonempty(value, at)
+    if text is None:
+        return None
+    if not _CONTAINER_NAME.fullmatch(text):
+        at.fail(
+            f"invalid container name {_show(text)} (Docker names are letters, digits, "
+            "_ . and -, starting with a letter or digit; give the exact name, not an ID)",
+            "invalid_value",
+        )
+        return None
+    return text.removeprefix("/")
 
 
 def _source_mounts(value: object, at: _At) -> str | None:

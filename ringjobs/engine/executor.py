@@ -172,7 +172,12 @@ class RunExecutor:
         image = prepared.image or await self.ctx.runtime.resolve_image(
             run.spec.image or "", run.spec.image_pull_policy
         )
-        await self._transition(("image_resolved", f"{image.ref} is {image.id}"), image_id=image.id)
+        # From a live source, the run shows the reference the source was created from.
+        source = prepared.match.container if prepared.match else None
+        shown = source.image if source is not None and source.image else self.run.image
+        await self._transition(
+            ("image_resolved", f"{image.ref} is {image.id}"), image_id=image.id, image=shown
+        )
         instance = self.ctx.store.instance_id
         cspec = container_spec(run, self.attempt, image, self.ctx.config, prepared.env, instance)
         cspec, warnings = prepared.container(cspec, run, self.ctx.config.policy)

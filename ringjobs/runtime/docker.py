@@ -195,19 +195,21 @@ class DockerRuntime:
     async def find_running(
         self, name: str | None = None, labels: tuple[str, ...] = ()
     ) -> list[SourceContainer]:
+        # Listed through filters (sent as query JSON), then inspected by full ID: a name
+        # never reaches the URL path, where `a/../../containers/b` or an ID prefix matched.
+        filters: dict[str, list[str]] = {"status": ["running"]}
         if name is not None:
-            try:
-                data = await self._call(self._api.inspect_container, name)
-            except docker.errors.NotFound:
-                return []
-            found = [data]
+            filters["name"] = [name.removeprefix("/")]
         else:
-            filters = {"label": list(labels), "status": "running"}
-            rows = await self._call(self._api.containers, filters=filters)
-            found = []
-            for row in rows:
-                with contextlib.suppress(docker.errors.NotFound):  # gone meanwhile
-                    found.append(await self._call(self._api.inspect_container, row["Id"]))
+            filters["label"] = list(labels)
+        rows = await self._call(self._api.containers, filters=filters)
+        if name is not None:  # Docker's name filter is a regex search: keep exact names only
+            wanted = "/" + name.removeprefix("/")
+            rows = [row for row in rows if wanted in (row.get("Names") or [])]
+        found = []
+        for row in rows:
+            with contextlib.suppress(docker.errors.NotFound):  # gone meanwhile
+                found.append(await self._call(self._api.inspect_container, row["Id"]))
         sources = [
             _source_from_inspect(d)
             for d in found

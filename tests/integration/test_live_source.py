@@ -264,6 +264,31 @@ async def test_no_running_source_fails_with_the_selector_and_the_names_seen(
         assert other in run.message  # the names it saw
 
 
+async def test_a_container_source_is_found_by_its_exact_name_only(
+    harness: Harness, apps: Apps
+) -> None:
+    app = apps.start("app", "-e", "WHO=app")
+    app_id = _docker("inspect", "--format", "{{.Id}}", app)
+
+    # The runtime's own guard (these names bypass the manifest check, which refuses paths):
+    # an ID prefix, a full ID, a path through the API URL, a part of the name.
+    for name in (app_id[:6], app_id, f"nosuch/../../containers/{app}", app[:-1]):
+        run = await harness.run(harness.spec("near", ["true"], source=LiveSource(container=name)))
+
+        assert (run.status, run.reason) == ("failed", "source_not_found"), name
+        assert run.image is None
+
+    run = await harness.run(
+        harness.spec("exact", ["sh", "-c", "echo $WHO"], source=LiveSource(container=f"/{app}"))
+    )
+
+    assert run.status == "completed", run.message
+    assert await harness.stdout(run.id) == ["app"]
+    assert (run.image, run.image_id) == (IMAGE, apps.image_id(app))  # what ran, by name and ID
+    [listed] = await harness.store.list_runs(namespace=harness.namespace, job="exact")
+    assert (listed.id, listed.image) == (run.id, IMAGE)
+
+
 async def test_mounts_are_copied_read_only_unless_rw_is_asked(harness: Harness, apps: Apps) -> None:
     volume = f"{apps.namespace}-data"
     _docker("volume", "create", "--label", f"{SOURCE_LABEL}={apps.namespace}", volume)

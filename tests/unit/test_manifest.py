@@ -199,9 +199,29 @@ def test_live_sources(source: str, expected: LiveSource) -> None:
     assert job(f"from: {source}").source == expected
 
 
-def test_image_may_be_given_with_a_source() -> None:
-    spec = job("from: {container: web}, image: 'app:2'")
-    assert (spec.image, spec.source) == ("app:2", LiveSource(container="web"))
+def test_image_and_a_source_together_are_refused() -> None:
+    violation = only("from: {container: web}, image: 'app:2'")
+    assert violation.path == "deployments.j.image"
+    assert violation.code == "invalid_value"
+    assert violation.message == (
+        "give either image or from, not both "
+        "(from takes the source container's image, pinned by ID)"
+    )
+
+
+def test_a_source_container_name_may_have_docker_s_leading_slash() -> None:
+    assert job("from: {container: /shop_web.1-a}").source == LiveSource(container="shop_web.1-a")
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["nosuch/../../containers/app", "../app", "app?x=1", "app web", "-app", ".app", "app%2F.."],
+)
+def test_a_source_container_name_must_be_a_docker_name(name: str) -> None:
+    violation = only(f"from: {{container: {json.dumps(name)}}}")
+    assert violation.path == "deployments.j.from.container"
+    assert violation.code == "invalid_value"
+    assert violation.message.startswith(f'invalid container name "{name}" (Docker names are ')
 
 
 def test_environment_scalars_become_strings() -> None:

@@ -14,7 +14,7 @@ from ringjobs.engine.prepare import _source_image, layer_environment
 from ringjobs.engine.secretvault import secret_refs
 from ringjobs.engine.source import SourceMatch, SourceProblem, borrow, source_environment
 from ringjobs.exceptions import ConfigError, ValidationFailed
-from ringjobs.manifest import ManifestSource, load_manifests, parse_source_selector
+from ringjobs.manifest import ManifestSource, exec_spec, load_manifests, parse_source_selector
 from ringjobs.models import LiveSource, SecretRef, VolumeMount
 from ringjobs.runtime.base import ContainerSpec, ImageInfo, ImageNotFound, SourceContainer
 from ringjobs.secrets import (
@@ -138,6 +138,27 @@ def test_source_environment_keeps_the_first_of_duplicates_and_values_with_equals
 )
 def test_exec_from_selectors(text: str, parsed: dict[str, object]) -> None:
     assert parse_source_selector(text) == parsed
+
+
+@pytest.mark.parametrize(
+    ("body", "path", "start"),
+    [
+        ({"from": "container:nosuch/../../containers/app"}, "exec.from.container",
+         'invalid container name "nosuch/../../containers/app"'),
+        ({"from": "../app"}, "exec.from.container", 'invalid container name "../app"'),
+        ({"from": "app", "image": "busybox"}, "exec.image", "give either image or from, not both"),
+    ],
+)  # fmt: skip
+def test_exec_refuses_a_path_like_source_name_and_image_with_from(
+    body: dict[str, object], path: str, start: str
+) -> None:
+    with pytest.raises(ValidationFailed) as info:
+        exec_spec({"namespace": "ns", "command": ["true"], **body}, Policy(), JobDefaults())
+
+    assert info.value.status == 422
+    [violation] = info.value.violations
+    assert violation.path == path
+    assert violation.message.startswith(start)
 
 
 # -- what a source lends ----------------------------------------------------------------
