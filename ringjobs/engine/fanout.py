@@ -137,6 +137,7 @@ class FanOut:
             f"all {succeeded} completions exited 0",
             exit_code=0,
             image_id=children[0].image_id,
+            image=self.parent.image or children[0].image,  # a live source's, if from:
         )
         return True
 
@@ -171,6 +172,7 @@ class FanOut:
             exit_code=culprit.exit_code,
             oom_killed=culprit.oom_killed,
             image_id=culprit.image_id,
+            image=self.parent.image or culprit.image,
         )
 
     async def _finish(
