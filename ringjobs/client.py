@@ -28,6 +28,7 @@ TERMINAL_STATUSES = frozenset({"completed", "failed", "cancelled"})
 DEFAULT_TIMEOUT = 120.0
 WAIT_SLICE = 30
 RETRY_FOR = 60.0
+BUSY_PAUSE = 2.0  # after a 429 (every stream/wait slot taken): ask again this much later
 
 
 def default_socket_path() -> str:
@@ -394,12 +395,22 @@ class Client:
     ) -> JSON:
         """Block until the run is terminal; survives a daemon restart of up to `retry_for` s.
 
+        A 429 (the daemon's stream and wait slots are all taken) is asked again after
+        BUSY_PAUSE, for as long as it lasts: waiting is what the caller asked for.
+
         `on_reconnect(error)` is called when the daemon goes away and retries begin.
         """
         reconnector = self.reconnector(on_reconnect)
         while True:
             try:
                 run = self.wait_run(run_id, timeout=WAIT_SLICE)
+            except ApiError as exc:
+                if exc.status == 429:  # busy, not broken: the run is still worth waiting for
+                    self.sleep(BUSY_PAUSE)
+                    continue
+                if not reconnector.pause(exc):
+                    raise
+                continue
             except ClientError as exc:
                 if not reconnector.pause(exc):
                     raise

@@ -150,6 +150,8 @@ class Limits(_Section):
     request_timeout: str = "60s"
     max_log_streams: int = Field(default=64, ge=1, le=10_000)
     stream_write_timeout: str = "30s"
+    max_connections: int = Field(default=512, ge=8, le=1_000_000)
+    header_timeout: str = "10s"
 
     @field_validator("max_request_bytes")
     @classmethod
@@ -158,7 +160,7 @@ class Limits(_Section):
             raise ValueError("must be at least 1Mi (one manifest may be 1 MiB)")
         return value
 
-    @field_validator("request_timeout", "stream_write_timeout")
+    @field_validator("request_timeout", "stream_write_timeout", "header_timeout")
     @classmethod
     def _duration(cls, value: str) -> str:
         if parse_duration(value) <= 0:
@@ -176,6 +178,10 @@ class Limits(_Section):
     @property
     def stream_write_timeout_seconds(self) -> float:
         return parse_duration(self.stream_write_timeout)
+
+    @property
+    def header_timeout_seconds(self) -> float:
+        return parse_duration(self.header_timeout)
 
 
 class Config(_Section):

@@ -12,6 +12,7 @@ import contextlib
 import fcntl
 import grp
 import os
+import resource
 import signal
 import socket
 import sys
@@ -22,6 +23,7 @@ import structlog
 from aiohttp import web
 
 from ringjobs.api.app import create_app
+from ringjobs.api.connections import ConnectionGuard, GuardedUnixSite
 from ringjobs.config import Config, load_config
 from ringjobs.engine.engine import Engine
 from ringjobs.engine.scheduler import Scheduler
@@ -41,12 +43,13 @@ _SHUTDOWN_TIMEOUT = 1.0
 class SocketLock:
     """An flock next to a file (the socket, the database), held for the daemon's life."""
 
-    def __init__(self, socket_path: Path) -> None:
+    def __init__(self, socket_path: Path, directory_mode: int = 0o777) -> None:
         self.path = socket_path.with_name(socket_path.name + ".lock")
+        self.directory_mode = directory_mode  # of the directory if this creates it (umask applies)
         self._file: IO[str] | None = None
 
     def acquire(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.parent.mkdir(mode=self.directory_mode, parents=True, exist_ok=True)
         handle = self.path.open("a+")
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -71,6 +74,20 @@ class SocketLock:
             self._file = None
 
 
+def raise_open_file_limit() -> tuple[int, int]:
+    """Soft RLIMIT_NOFILE up to the hard limit: every client, follow and run holds fds."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError) as exc:  # e.g. an infinite hard limit on some kernels
+            log.warning("nofile_limit_not_raised", soft=soft, hard=hard, error=str(exc))
+            return soft, hard
+    new_soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    log.info("nofile_limit", soft_was=soft, soft=new_soft, hard=hard)
+    return new_soft, hard
+
+
 def _socket_is_live(path: Path) -> bool:
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
         probe.settimeout(1.0)
@@ -87,7 +104,8 @@ class Daemon:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.lock = SocketLock(config.socket)
-        self.database_lock = SocketLock(config.database)  # two daemons, one history: never
+        # Two daemons, one history: never. Its directory holds logs and secrets: 0700.
+        self.database_lock = SocketLock(config.database, directory_mode=0o700)
         self.store = Store(config.database)
         self.runtime: DockerRuntime | None = None
         self.engine: Engine | None = None
@@ -103,6 +121,7 @@ class Daemon:
             await self.shutdown()
 
     async def startup(self) -> None:
+        raise_open_file_limit()
         self.lock.acquire()
         self.database_lock.acquire()
         self._claim_socket_path()
@@ -113,17 +132,7 @@ class Daemon:
         await self.engine.start()
         self.scheduler = Scheduler(self.engine)
         await self.scheduler.start()
-        self.runner = web.AppRunner(
-            create_app(self.engine), handle_signals=False, shutdown_timeout=_SHUTDOWN_TIMEOUT
-        )
-        await self.runner.setup()
-        # Born 0660: between bind and chmod the socket already accepts connections, and
-        # asyncio yields to the loop there (a client could see the umask's mode).
-        umask = os.umask(0o117)
-        try:
-            await web.UnixSite(self.runner, str(self.config.socket)).start()
-        finally:
-            os.umask(umask)
+        await self.listen(create_app(self.engine))
         self._secure_socket()
         self._install_signal_handlers()
         log.info(
@@ -132,6 +141,26 @@ class Daemon:
             database=str(self.config.database),
             pid=os.getpid(),
         )
+
+    async def listen(self, app: web.Application) -> ConnectionGuard:
+        """Serve `app` on the socket, every connection through the limits' guard."""
+        limits = self.config.limits
+        self.runner = web.AppRunner(
+            app,
+            handle_signals=False,
+            shutdown_timeout=_SHUTDOWN_TIMEOUT,
+            keepalive_timeout=limits.header_timeout_seconds,  # idle between requests, too
+        )
+        await self.runner.setup()
+        guard = ConnectionGuard(limits.max_connections, limits.header_timeout_seconds)
+        # Born 0660: between bind and chmod the socket already accepts connections, and
+        # asyncio yields to the loop there (a client could see the umask's mode).
+        umask = os.umask(0o117)
+        try:
+            await GuardedUnixSite(self.runner, str(self.config.socket), guard).start()
+        finally:
+            os.umask(umask)
+        return guard
 
     def _claim_socket_path(self) -> None:
         path = self.config.socket

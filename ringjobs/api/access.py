@@ -193,7 +193,7 @@ class StreamAborted(Exception):
 
 
 class StreamSlots:
-    """A fixed number of concurrent log/event streams over all clients."""
+    """A fixed number of concurrent log/event streams and run waits over all clients."""
 
     def __init__(self, config: Config) -> None:
         self.limit = config.limits.max_log_streams
@@ -204,8 +204,9 @@ class StreamSlots:
     async def slot(self) -> AsyncIterator[None]:
         if self.open >= self.limit:
             raise TooManyRequests(
-                f"{self.open} log/event streams are open, the limit (limits.max_log_streams) "
-                "is reached; close some `--follow` streams and try again"
+                f"{self.open} log/event streams and run waits are open, the limit "
+                "(limits.max_log_streams) is reached; close some `--follow` streams or "
+                "waits and try again in a few seconds, or raise limits.max_log_streams"
             )
         self.open += 1
         try:

@@ -347,15 +347,16 @@ async def wait_run(request: web.Request) -> web.Response:
         float(_int_param(request.query.get("timeout"), "timeout", 30, 0, None)), _WAIT_MAX
     )
     deadline = utcnow() + timedelta(seconds=timeout)
-    while True:
-        token = engine.notifier.token(run_id)
-        # Only the status until it is final (each run changes ~8 times while waited on);
-        # read after the token: no change missed.
-        status = await engine.store.run_status(run_id)
-        remaining = (deadline - utcnow()).total_seconds()
-        if status is None or status.is_terminal or remaining <= 0:
-            return _json((await _require_run(engine, str(run_id))).to_api())
-        await engine.notifier.wait(token, min(remaining, _FOLLOW_POLL * 5))
+    async with request.app[STREAMS_KEY].slot():  # up to _WAIT_MAX s: a slot like a follow
+        while True:
+            token = engine.notifier.token(run_id)
+            # Only the status until it is final (each run changes ~8 times while waited
+            # on); read after the token: no change missed.
+            status = await engine.store.run_status(run_id)
+            remaining = (deadline - utcnow()).total_seconds()
+            if status is None or status.is_terminal or remaining <= 0:
+                return _json((await _require_run(engine, str(run_id))).to_api())
+            await engine.notifier.wait(token, min(remaining, _FOLLOW_POLL * 5))
 
 
 async def exec_run(request: web.Request) -> web.Response:

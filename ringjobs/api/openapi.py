@@ -102,6 +102,7 @@ def _paths() -> dict[str, Any]:
                 _answer(_RUN),
                 400,
                 404,
+                429,
                 parameters=[*_RUN_ID, _param("timeout", "integer")],
             )
         },

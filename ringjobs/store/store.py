@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sqlite3
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import aiosqlite
+import structlog
 
 from ringjobs.exceptions import Conflict, StoreUnavailable
 from ringjobs.models import (
@@ -34,6 +36,8 @@ from ringjobs.models import (
 )
 from ringjobs.store.queries import migrations, queries
 from ringjobs.store.schedules import ScheduledFire, claim_fire, link_fire
+
+log = structlog.get_logger(__name__)
 
 # Columns a transition may set; anything else is a programming error.
 _RUN_COLUMNS = frozenset(
@@ -138,10 +142,12 @@ class Store:
 
     async def open(self) -> None:
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            # Logs and encrypted secrets: private also outside systemd's StateDirectoryMode.
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600))  # born 0600
         except OSError as exc:
             raise StoreUnavailable(
-                f"cannot create {self.path.parent}: {exc.strerror} "
+                f"cannot create {self.path}: {exc.strerror} "
                 "(check the database path and its permissions)"
             ) from exc
         self._lock = asyncio.Lock()
@@ -151,10 +157,21 @@ class Store:
             await self._migrate(self._writer)
             self._reader = await self._connect()
             await self._reader.execute("PRAGMA query_only = ON")
+            self._make_private()
             self.instance_id = await self._instance_id()
         except BaseException:
             await self.close()
             raise
+
+    def _make_private(self) -> None:
+        """0600 for the database and its -wal/-shm (SQLite gives those the file's mode)."""
+        for name in (self.path.name, self.path.name + "-wal", self.path.name + "-shm"):
+            try:
+                os.chmod(self.path.with_name(name), 0o600)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:  # e.g. owned by another user: say so, keep going
+                log.warning("database_file_not_private", path=name, error=str(exc))
 
     async def _connect(self) -> aiosqlite.Connection:
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import json
 import os
@@ -249,6 +250,34 @@ def test_streams_are_capped_and_a_client_that_stops_reading_is_dropped(short_tmp
         assert status == 200
         for sock in stuck:
             sock.close()
+
+
+def test_a_run_wait_takes_a_stream_slot(short_tmp: Path) -> None:
+    """A wait may block for minutes, so it counts against max_log_streams like a follow."""
+    from ringjobs.api.app import STREAMS_KEY
+
+    with ApiServer(short_tmp, limits={"max_log_streams": 1}) as server:
+        _, _, applied = call(server, "POST", "/v1/apply", APPLY)
+        run_id = applied["jobs"][0]["run_id"]
+        wait_terminal(server, run_id)
+        assert server.app is not None
+        slots = server.app[STREAMS_KEY]
+        release = asyncio.Event()
+
+        async def hold() -> None:  # another client's follow, through the real slot
+            async with slots.slot():
+                await release.wait()
+
+        held = asyncio.run_coroutine_threadsafe(hold(), server.loop)
+        _wait_until(lambda: _open_streams(server) == 1)
+        status, kind, body = call(server, "GET", f"/v1/runs/{run_id}/wait?timeout=0")
+        assert (status, kind) == (429, "application/problem+json")
+        assert "run waits" in body["detail"] and "limits.max_log_streams" in body["detail"]
+        server.loop.call_soon_threadsafe(release.set)
+        held.result(30)
+        status, _, answer = call(server, "GET", f"/v1/runs/{run_id}/wait?timeout=0")
+        assert status == 200 and answer["id"] == run_id
+        assert _open_streams(server) == 0  # the wait gave its slot back
 
 
 async def _append(server: ApiServer, run_id: int, line: str, count: int) -> None:

@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 from ringjobs.client import (
+    BUSY_PAUSE,
     ApiError,
     Client,
     ClientError,
@@ -361,6 +362,24 @@ def test_wait_survives_a_daemon_restart(fake: FakeDaemon) -> None:
     assert client.wait_until_terminal(7, on_reconnect=notices.append)["status"] == "completed"
     assert len(notices) == 1
     assert isinstance(notices[0], DaemonUnreachable)
+
+
+def test_wait_pauses_and_asks_again_while_the_daemon_is_busy(fake: FakeDaemon) -> None:
+    busy = {"title": "too many requests", "status": 429, "detail": "limits.max_log_streams"}
+    answers = iter(
+        [
+            Answer(busy, status=429, content_type="application/problem+json"),
+            Answer(busy, status=429, content_type="application/problem+json"),
+            Answer(run(status="completed")),
+        ]
+    )
+    fake.route("GET", "/v1/runs/7/wait", lambda _: next(answers))
+    pauses: list[float] = []
+    notices: list[ClientError] = []
+    client = Client(fake.socket_path, sleep=pauses.append)
+    assert client.wait_until_terminal(7, on_reconnect=notices.append)["status"] == "completed"
+    assert pauses == [BUSY_PAUSE, BUSY_PAUSE] and BUSY_PAUSE >= 1
+    assert notices == []  # busy is not an outage: no "reconnecting" notice
 
 
 def test_wait_gives_up_after_the_retry_window() -> None:

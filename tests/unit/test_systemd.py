@@ -83,3 +83,10 @@ def test_prune_timer_prunes_every_namespace_nightly() -> None:
     assert timer["Timer"]["OnCalendar"] == "*-*-* 03:30:00"
     assert timer["Timer"]["Persistent"] == "true"
     assert timer["Install"]["WantedBy"] == "timers.target"
+
+
+def test_daemon_unit_limits_and_shares_the_hosts_tmp() -> None:
+    service = _unit("ringjobs.service")["Service"]
+    assert service["LimitNOFILE"] == "65536"
+    # Bind-mount sources are checked by the daemon and mounted by dockerd: one /tmp for both.
+    assert "PrivateTmp" not in service
