@@ -610,6 +610,7 @@ class Engine:
                 status=RunStatus.FAILED,
                 reason="lost",
                 message=f"container {run.container_id[:12]} was removed by someone else",
+                finished_at=utcnow(),
             )
             if run.parent_id is None:
                 self.history.run_finished(run.namespace, run.job)

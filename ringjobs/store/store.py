@@ -57,7 +57,7 @@ _RUN_COLUMNS = frozenset(
         "command",
     }
 )
-_PRUNE_BATCH = 500
+_PRUNE_BATCH = 2000  # runs per delete transaction (NOTES: 100,000 runs in ~2 s)
 _ACTIVE = ("pending", "starting", "running")
 _PRAGMAS = (
     "auto_vacuum = INCREMENTAL",
@@ -135,6 +135,8 @@ class Store:
         self.path = path
         self._writer: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
+        # Long scans (prune's candidates) read here, so API reads never queue behind them.
+        self._scanner: aiosqlite.Connection | None = None
         self._lock = asyncio.Lock()
         self.instance_id = ""
 
@@ -157,6 +159,8 @@ class Store:
             await self._migrate(self._writer)
             self._reader = await self._connect()
             await self._reader.execute("PRAGMA query_only = ON")
+            self._scanner = await self._connect()
+            await self._scanner.execute("PRAGMA query_only = ON")
             self._make_private()
             self.instance_id = await self._instance_id()
         except BaseException:
@@ -237,10 +241,10 @@ class Store:
         return str(row[0])
 
     async def close(self) -> None:
-        for db in (self._reader, self._writer):
+        for db in (self._scanner, self._reader, self._writer):
             if db is not None:
                 await db.close()
-        self._reader = self._writer = None
+        self._scanner = self._reader = self._writer = None
 
     @property
     def schema_version(self) -> int:
@@ -318,13 +322,14 @@ class Store:
                 ) from exc
             return result
 
-    async def _fetchall(self, sql: str, params: Any) -> list[aiosqlite.Row]:
-        if self._reader is None:
+    async def _fetchall(self, sql: str, params: Any, scan: bool = False) -> list[aiosqlite.Row]:
+        db = self._scanner if scan else self._reader
+        if db is None:
             raise StoreUnavailable("the database is closed (the daemon is shutting down)")
         try:
             # One call on aiosqlite's thread: a cursor left open between awaits would keep
             # an old snapshot for every other read sharing this connection.
-            return list(await self._reader.execute_fetchall(sql, params))
+            return list(await db.execute_fetchall(sql, params))
         except sqlite3.OperationalError as exc:
             raise StoreUnavailable(f"cannot read the database {self.path}: {exc}") from exc
 
@@ -641,7 +646,9 @@ class Store:
             "keep_last": keep_last,
             "statuses": json.dumps(list(statuses)) if statuses else None,
         }
-        rows = await self._fetchall(_q("prunable_runs"), params)
+        fast = older_than is not None and not include_active and not keep_last
+        query = _q("prunable_runs_older_than" if fast else "prunable_runs")
+        rows = await self._fetchall(query, params, scan=True)
         return [dict(r) for r in rows]
 
     async def with_children(self, run_ids: Sequence[int]) -> list[int]:
@@ -650,7 +657,8 @@ class Store:
         for start in range(0, len(run_ids), _PRUNE_BATCH):
             batch = list(run_ids[start : start + _PRUNE_BATCH])
             marks = ",".join("?" * len(batch))
-            rows = await self._fetchall(f"SELECT id FROM runs WHERE parent_id IN ({marks})", batch)
+            sql = f"SELECT id FROM runs WHERE parent_id IN ({marks})"
+            rows = await self._fetchall(sql, batch, scan=True)
             found.update(int(r[0]) for r in rows)
         return sorted(found)
 

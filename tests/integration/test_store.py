@@ -521,6 +521,7 @@ async def test_delete_runs_in_batches_and_file_shrinks(
         return real_execute(sql, *args)
 
     monkeypatch.setattr(store._writer, "execute", recording_execute)
+    monkeypatch.setattr("ringjobs.store.store._PRUNE_BATCH", 500)  # several batches here
     lines, events = await store.delete_runs(doomed)
     monkeypatch.undo()
 

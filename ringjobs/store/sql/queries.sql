@@ -260,3 +260,15 @@ SELECT coalesce(min(seq), 0) FROM (
 
 -- name: run_status
 SELECT status FROM runs WHERE id = :id;
+
+-- name: prunable_runs_older_than
+-- The common case (--older-than, no --keep-last, no --all): a range of the
+-- runs_by_finished index instead of ranking every run of the namespace. Every final
+-- transition writes finished_at.
+SELECT id, container_id, status FROM runs
+WHERE namespace = :namespace
+  AND finished_at < :older_than
+  AND parent_id IS NULL
+  AND status IN ('completed', 'failed', 'cancelled')
+  AND (:statuses IS NULL OR status IN (SELECT value FROM json_each(:statuses)))
+ORDER BY id;
