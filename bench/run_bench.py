@@ -136,7 +136,7 @@ def ringjobs_env(workdir: Path) -> dict[str, str]:
 
 
 @contextmanager
-def running_daemon(workdir: Path) -> Iterator[Daemon]:
+def running_daemon(workdir: Path, **overrides: object) -> Iterator[Daemon]:
     sock, config = workdir / "rj.sock", workdir / "config.yaml"
     settings = {
         "socket": str(sock),
@@ -144,7 +144,7 @@ def running_daemon(workdir: Path) -> Iterator[Daemon]:
         "max_concurrent_runs": CONCURRENCY,
         "log_level": "warning",
     }
-    config.write_text(json.dumps(settings))  # JSON is YAML
+    config.write_text(json.dumps(settings | overrides))  # JSON is YAML
     env = ringjobs_env(workdir) | {"RINGJOBS_SOCKET": str(sock)}
     with open(workdir / "daemon.log", "wb") as log:
         argv = [RINGJOBS, "daemon", "--config", str(config)]

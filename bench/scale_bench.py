@@ -25,20 +25,17 @@ import asyncio
 import json
 import os
 import random
-import signal
 import sqlite3
 import statistics
 import subprocess
-import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from run_bench import IMAGE, RINGJOBS, Daemon, machine, revision, ringjobs_env, wait_for_daemon
+from run_bench import IMAGE, RINGJOBS, Daemon, machine, revision, running_daemon
 
 from ringjobs.client import Client
 from ringjobs.models import JobSpec
@@ -52,23 +49,6 @@ JOBS = 100
 def generator(size: int) -> list[str]:
     """A busybox command writing `size` bytes of 4 KiB lines to stdout, fast."""
     return ["sh", "-c", f"yes \"$(head -c {LINE - 1} /dev/zero | tr '\\0' x)\" | head -c {size}"]
-
-
-@contextmanager
-def daemon_with(workdir: Path, **settings: object) -> Iterator[Daemon]:
-    sock, config = workdir / "rj.sock", workdir / "config.yaml"
-    base = {"socket": str(sock), "database": str(workdir / "rj.db"), "log_level": "warning"}
-    config.write_text(json.dumps(base | settings))
-    env = ringjobs_env(workdir) | {"RINGJOBS_SOCKET": str(sock)}
-    with open(workdir / "daemon.log", "wb") as log:
-        argv = [RINGJOBS, "daemon", "--config", str(config)]
-        proc = subprocess.Popen(argv, stdout=log, stderr=log, env=env)
-    try:
-        yield wait_for_daemon(Daemon(proc, str(sock), env))
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        if proc.wait(timeout=60) != 0:
-            print((workdir / "daemon.log").read_text()[-2000:], file=sys.stderr)
 
 
 def status_kb(pid: int, key: str) -> int:
@@ -160,7 +140,7 @@ def bench_logs(size: int, rounds: int) -> None:
     docker_times, rj_times, run_id = [], [], 0
     with tempfile.TemporaryDirectory(prefix="rj-scale-") as tmp:
         cap = f"{size + (1 << 20)}"
-        with daemon_with(Path(tmp), logs={"max_bytes_per_run": cap}) as daemon:
+        with running_daemon(Path(tmp), logs={"max_bytes_per_run": cap}) as daemon:
             baseline_rss = status_kb(daemon.proc.pid, "VmRSS")
             for _ in range(rounds):  # interleaved: engine drift hits both alike
                 docker_times.append(docker_drain(size))
@@ -316,7 +296,7 @@ def bench_history(runs: int, lines_per_run: int, idle_seconds: float) -> None:
         started = time.perf_counter()
         cut = build_history(database, runs, lines_per_run)
         built = time.perf_counter() - started
-        with daemon_with(Path(tmp)) as daemon:
+        with running_daemon(Path(tmp)) as daemon:
             client = daemon.client
             client.list_runs(namespace=NAMESPACE, job="job-7")  # warm the page cache once
             lists = timed(lambda: client.list_runs(namespace=NAMESPACE, job="job-7"), 200)

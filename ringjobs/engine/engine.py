@@ -202,8 +202,10 @@ class Engine:
                     self._pending.remove(run_id)
                     self._job_of.pop(run_id, None)
                     return run_id
+            # Nothing queued: sleep until enqueue() wakes us (an idle daemon makes no ticks).
+            # Something queued but held back: look again at least every _ENGINE_POLL.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), _ENGINE_POLL)
+                await asyncio.wait_for(self._wakeup.wait(), _ENGINE_POLL if self._pending else None)
 
     async def _queued_job(self, run_id: int) -> tuple[str, str]:
         if run_id not in self._job_of:

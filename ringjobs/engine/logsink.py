@@ -94,6 +94,7 @@ class LogSink:
         self._counts: dict[int, tuple[int, bool]] = {}
         self._pending_bytes = 0
         self._wake = asyncio.Event()
+        self._has_lines = asyncio.Event()  # the idle loop sleeps on it: no timer when quiet
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
@@ -127,6 +128,7 @@ class LogSink:
         count, was_truncated = self._counts.get(run_id, (0, False))
         self._counts[run_id] = (count + size, was_truncated or truncated)
         self._pending_bytes += size + 64
+        self._has_lines.set()
         if self._pending_bytes >= self._flush_bytes:
             self._wake.set()
         while self._pending_bytes >= _HIGH_WATER_FACTOR * self._flush_bytes:
@@ -172,6 +174,9 @@ class LogSink:
 
     async def _loop(self) -> None:
         while not self._stopping:
+            if not self._pending:  # nothing to write: sleep until a line comes, not a tick
+                self._has_lines.clear()
+                await self._has_lines.wait()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self._interval)
             self._wake.clear()
@@ -183,6 +188,7 @@ class LogSink:
     async def stop(self) -> None:
         """End the loop after its current flush (never mid-commit), then flush the rest."""
         self._stopping = True
+        self._has_lines.set()
         self._wake.set()
         if self._task is not None:
             await self._task

@@ -10,7 +10,6 @@ import stat
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -94,15 +93,6 @@ def _accepts(path: Path) -> bool:
         except OSError:
             return False
         return True
-
-
-@pytest.fixture
-def daemon(short_tmp: Path, docker_engine: None) -> Iterator[Daemon]:
-    d = Daemon(short_tmp)
-    d.start()
-    yield d
-    if d.proc is not None:
-        assert d.stop() == 0, d.log.read_text()
 
 
 def manifest(path: Path, namespace: str, jobs: dict[str, dict[str, Any]]) -> Path:

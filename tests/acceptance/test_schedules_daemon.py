@@ -6,7 +6,6 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -15,15 +14,6 @@ import pytest
 from test_cli_daemon import Daemon, manifest
 
 pytestmark = pytest.mark.docker
-
-
-@pytest.fixture
-def daemon(short_tmp: Path, docker_engine: None) -> Iterator[Daemon]:
-    d = Daemon(short_tmp)
-    d.start()
-    yield d
-    if d.proc is not None:
-        assert d.stop() == 0, d.log.read_text()
 
 
 def poll(check: Any, within: float, what: str) -> Any:

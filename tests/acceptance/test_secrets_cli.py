@@ -16,10 +16,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_cli_daemon import IMAGE, Daemon, daemon
+from test_cli_daemon import IMAGE, Daemon
 
 pytestmark = pytest.mark.docker
-__all__ = ["daemon"]  # the fixture, shared with test_cli_daemon
 
 SOURCE_LABEL = "io.ringjobs.test-source"
 
