@@ -168,6 +168,7 @@ class LogSink:
             newer, newer_truncated = self._counts.get(run_id, (0, False))
             self._counts[run_id] = (count + newer, truncated or newer_truncated)
         self._pending_bytes += size
+        self._has_lines.set()  # the loop retries them even if no new line comes
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name="log-sink")
