@@ -386,14 +386,7 @@ async def run_logs(request: web.Request) -> web.StreamResponse:
     async with request.app[STREAMS_KEY].slot():
         response = await _ndjson(request)
         with contextlib.suppress(StreamAborted):
-            if run.fans_out:
-                await _fan_out_logs(request, response, run, tail, since_us, stream)
-            else:
-                after = 0
-                if tail is not None:  # page through the tail: never hold it all in memory
-                    start = await engine.store.tail_start_seq(run.id, tail, since_us, stream)
-                    after = start - 1 if start else await engine.store.last_log_seq(run.id)
-                await _follow_logs(request, response, run.id, after, since_us, stream)
+            await _follow_logs(request, response, run, tail, since_us, stream)
             await response.write_eof()
         return response
 
@@ -401,56 +394,52 @@ async def run_logs(request: web.Request) -> web.StreamResponse:
 async def _follow_logs(
     request: web.Request,
     response: web.StreamResponse,
-    run_id: int,
-    after: int,
-    since_us: int,
-    stream: str | None,
-) -> None:
-    engine = _engine(request)
-    follow = _flag(request.query.get("follow"))
-    while True:
-        token = engine.notifier.token(run_id)
-        current = await _require_run(engine, str(run_id))
-        while batch := await engine.store.read_logs(run_id, after, since_us, stream, _PAGE):
-            await _write_lines(request, response, [r.to_api() for r in batch])
-            after = batch[-1].seq
-        if not follow or current.status.is_terminal:
-            return
-        await engine.notifier.wait(token, _FOLLOW_POLL)
-
-
-async def _fan_out_logs(
-    request: web.Request,
-    response: web.StreamResponse,
     run: Run,
     tail: int | None,
     since_us: int,
     stream: str | None,
 ) -> None:
-    """A fan-out run's logs: its completions' lines, each marked with its index.
+    """A run's lines; a fan-out run's are its completions', each marked with its index.
 
-    `tail` applies to each completion (as `kubectl logs --tail` does to each pod).
+    `tail` applies to each completion (as `kubectl logs --tail` does to each pod), and a
+    tail is paged like the rest: never held in memory at once.
     """
     engine = _engine(request)
     follow = _flag(request.query.get("follow"))
-    after: dict[int, int] = {}  # child run id -> last seq sent
-    if tail is not None:
-        for child in await engine.store.child_runs(run.id):
-            start = await engine.store.tail_start_seq(child.id, tail, since_us, stream)
-            after[child.id] = start - 1 if start else await engine.store.last_log_seq(child.id)
+    after: dict[int, int] = {}  # run id -> last seq sent
+    first = True
     while True:
         token = engine.notifier.token(run.id)
         current = await _require_run(engine, str(run.id))
-        for child in await engine.store.child_runs(run.id):
+        sources = await engine.store.child_runs(run.id) if run.fans_out else [current]
+        for source in sources:
+            if source.id not in after:  # a completion started later is read from its start
+                after[source.id] = await _start_seq(
+                    engine, source.id, tail if first else None, since_us, stream
+                )
             while batch := await engine.store.read_logs(
-                child.id, after.get(child.id, 0), since_us, stream, _PAGE
+                source.id, after[source.id], since_us, stream, _PAGE
             ):
-                lines = [{**r.to_api(), "completion": child.completion_index} for r in batch]
+                lines = [r.to_api() for r in batch]
+                if run.fans_out:
+                    for line in lines:
+                        line["completion"] = source.completion_index
                 await _write_lines(request, response, lines)
-                after[child.id] = batch[-1].seq
+                after[source.id] = batch[-1].seq
+        first = False
         if not follow or current.status.is_terminal:
             return
         await engine.notifier.wait(token, _FOLLOW_POLL)
+
+
+async def _start_seq(
+    engine: Engine, run_id: int, tail: int | None, since_us: int, stream: str | None
+) -> int:
+    """The seq after which a run's lines are sent: 0, or where its last `tail` begin."""
+    if tail is None:
+        return 0
+    start = await engine.store.tail_start_seq(run_id, tail, since_us, stream)
+    return start - 1 if start else await engine.store.last_log_seq(run_id)
 
 
 async def run_events(request: web.Request) -> web.StreamResponse:
