@@ -170,16 +170,18 @@ def wait_for_daemon(daemon: Daemon) -> Daemon:
     raise SystemExit("the daemon did not answer within 30 s")
 
 
-def clean_docker() -> None:
-    ids = subprocess.run(
-        ["docker", "ps", "-aq", "--filter", f"label=io.ringjobs.namespace={NAMESPACE}"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
-    if ids:
-        subprocess.run(["docker", "rm", "-f", *ids], capture_output=True, check=True)
-    network = f"ringjobs_{NAMESPACE}"
+def clean_docker(namespace: str = NAMESPACE, *more_labels: str) -> None:
+    """Remove the containers labelled with the namespace (or more_labels), and its network."""
+    for label in (namespace, *more_labels):
+        ids = subprocess.run(
+            ["docker", "ps", "-aq", "--filter", f"label=io.ringjobs.namespace={label}"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()
+        if ids:
+            subprocess.run(["docker", "rm", "-f", *ids], capture_output=True, check=True)
+    network = f"ringjobs_{namespace}"
     done = subprocess.run(["docker", "network", "rm", network], capture_output=True, text=True)
     if done.returncode and "not found" not in done.stderr:  # e.g. moby#43286, see README
         print(f"warning: {network} left behind: {done.stderr.strip()}", file=sys.stderr)

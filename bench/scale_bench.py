@@ -35,7 +35,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from run_bench import IMAGE, RINGJOBS, Daemon, machine, revision, running_daemon
+from run_bench import IMAGE, RINGJOBS, Daemon, clean_docker, machine, revision, running_daemon
 
 from ringjobs.client import Client
 from ringjobs.models import JobSpec
@@ -382,19 +382,6 @@ def measure_idle(daemon: Daemon, workdir: Path, seconds: float) -> tuple[int, fl
     return status_kb(daemon.proc.pid, "VmRSS"), daemon.cpu_seconds() - cpu
 
 
-def clean_docker() -> None:
-    for label in (NAMESPACE, f"{NAMESPACE}-docker"):
-        ids = subprocess.run(
-            ["docker", "ps", "-aq", "--filter", f"label=io.ringjobs.namespace={label}"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.split()
-        if ids:
-            subprocess.run(["docker", "rm", "-f", *ids], capture_output=True, check=True)
-    subprocess.run(["docker", "network", "rm", f"ringjobs_{NAMESPACE}"], capture_output=True)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
@@ -412,7 +399,7 @@ def main() -> None:
             else:
                 bench_history(1_000_000, 10, 30.0)
     finally:
-        clean_docker()
+        clean_docker(NAMESPACE, f"{NAMESPACE}-docker")
 
 
 if __name__ == "__main__":

@@ -409,15 +409,20 @@ def test_doctor_reports_docker_and_database(daemon: Daemon) -> None:
     assert "FAIL" not in result.stdout and "docker" in result.stdout.lower()
 
 
-def _raw_get(daemon: Daemon, path: str) -> tuple[int, str, str]:
-    """A plain HTTP GET over the socket: status, content type, body."""
+def raw_response(daemon: Daemon, path: str) -> bytes:
+    """A plain HTTP GET over the socket: the whole response, headers included."""
     with socket.socket(socket.AF_UNIX) as conn:
         conn.connect(str(daemon.socket))
         conn.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
         data = b""
         while chunk := conn.recv(65536):
             data += chunk
-    head, _, body = data.decode().partition("\r\n\r\n")
+    return data
+
+
+def _raw_get(daemon: Daemon, path: str) -> tuple[int, str, str]:
+    """A plain HTTP GET over the socket: status, content type, body."""
+    head, _, body = raw_response(daemon, path).decode().partition("\r\n\r\n")
     status = int(head.split()[1])
     content_type = next(
         (

@@ -9,14 +9,13 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
-import socket
 import stat
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_cli_daemon import IMAGE, Daemon
+from test_cli_daemon import IMAGE, Daemon, raw_response
 
 pytestmark = pytest.mark.docker
 
@@ -38,13 +37,7 @@ def app(namespace: str) -> Iterator[str]:
 
 def _get(daemon: Daemon, path: str) -> str:
     """A raw GET over the socket: the whole response, headers included."""
-    with socket.socket(socket.AF_UNIX) as conn:
-        conn.connect(str(daemon.socket))
-        conn.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
-        data = b""
-        while chunk := conn.recv(65536):
-            data += chunk
-    return data.decode(errors="replace")
+    return raw_response(daemon, path).decode(errors="replace")
 
 
 def _manifest(path: Path, namespace: str, app: str) -> Path:

@@ -9,7 +9,6 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -87,14 +86,6 @@ class Harness:
 
     async def event_types(self, run_id: int) -> list[str]:
         return [e.type for e in await self.store.list_events(run_id)]
-
-
-@pytest.fixture
-async def harness(namespace: str, tmp_path: Path) -> AsyncIterator[Harness]:
-    h = Harness(make_config(tmp_path), namespace)
-    await h.start()
-    yield h
-    await h.stop()
 
 
 def containers_of(namespace: str) -> list[str]:

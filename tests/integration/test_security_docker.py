@@ -16,14 +16,6 @@ from ringjobs.models import RunStatus
 pytestmark = pytest.mark.docker
 
 
-@pytest.fixture
-async def harness(namespace: str, tmp_path: Path) -> AsyncIterator[Harness]:
-    h = Harness(make_config(tmp_path), namespace)
-    await h.start()
-    yield h
-    await h.stop()
-
-
 def from_manifest(namespace: str, entry: str, policy: Policy | None = None) -> object:
     """The spec exactly as `apply` would store it: the policy checks run on the way."""
     text = (
