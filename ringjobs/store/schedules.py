@@ -6,7 +6,6 @@ single writer and its reader (one transaction per call, like every other write).
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from dataclasses import dataclass
 from datetime import datetime
@@ -86,19 +85,9 @@ def claim_fire(conn: sqlite3.Connection, spec: JobSpec, fire: ScheduledFire) -> 
 
 
 def link_fire(conn: sqlite3.Connection, spec: JobSpec, fire: ScheduledFire, run_id: int) -> None:
-    fire_at = format_time(fire.fire_at)
-    key = {"namespace": spec.namespace, "job": spec.name, "fire_at": fire_at}
+    """Inside the run's transaction: the claimed fire names the run it started."""
+    key = {"namespace": spec.namespace, "job": spec.name, "fire_at": format_time(fire.fire_at)}
     conn.execute(_q("link_fire"), {"run_id": run_id, **key})
-    conn.execute(
-        _q("insert_event"),
-        {
-            "run_id": run_id,
-            "time": format_time(utcnow()),
-            "type": "scheduled",
-            "message": fire.message,
-            "data": json.dumps({"fire_at": fire_at}),
-        },
-    )
 
 
 def _fire_params(

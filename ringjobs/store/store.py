@@ -411,6 +411,10 @@ class Store:
             conn.execute(_q("insert_event"), _created_event(run_id, trigger, revision, caller_uid))
             if fire is not None:
                 link_fire(conn, spec, fire, run_id)
+                scheduled = {"fire_at": format_time(fire.fire_at)}
+                conn.execute(
+                    _q("insert_event"), _event_params(run_id, "scheduled", fire.message, scheduled)
+                )
             return run_id
 
         return await self._transaction(write)
