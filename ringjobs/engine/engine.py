@@ -216,8 +216,7 @@ class Engine:
 
     def _spawn_fan_out(self, run: Run) -> None:
         fan_out = self._fanouts[run.id] = FanOut(self, run)
-        key = run.spec.key
-        self._executing[key] += 1
+        self._executing[run.spec.key] += 1
 
         async def guarded() -> None:
             try:
@@ -229,9 +228,7 @@ class Engine:
                 log.exception("fan_out_crashed", run_id=run.id)
                 self._fanout_retry_later(run.id)
             finally:
-                self._executing[key] -= 1
-                if not self._executing[key]:
-                    del self._executing[key]
+                self._release(run)
                 self._fanouts.pop(run.id, None)
                 self._fanout_tasks.pop(run.id, None)
                 self.ctx.stop_requests.pop(run.id, None)
@@ -254,6 +251,13 @@ class Engine:
             _ENGINE_POLL, lambda: asyncio.ensure_future(requeue())
         )
 
+    def _release(self, run: Run) -> None:
+        """One executing run less for its job's Queue/Replace policy."""
+        key = run.spec.key
+        self._executing[key] -= 1
+        if not self._executing[key]:
+            del self._executing[key]
+
     def _child_changed(self, run: Run) -> None:
         """A completion moved on: its parent looks again."""
         if run.parent_id is not None and (parent := self._fanouts.get(run.parent_id)):
@@ -261,9 +265,8 @@ class Engine:
 
     def _spawn(self, run: Run, work: Awaitable[None], executor: RunExecutor) -> None:
         run_id = run.id
-        # A completion is covered by its parent's count (Queue/Replace wait for the parent).
-        key = run.spec.key if run.parent_id is None else f"{run.spec.key}#{run.parent_id}"
-        self._executing[key] += 1
+        if run.parent_id is None:  # a completion is covered by its parent's count
+            self._executing[run.spec.key] += 1
 
         async def guarded() -> None:
             finished = False
@@ -281,9 +284,8 @@ class Engine:
             except Exception:
                 log.exception("run_crashed", run_id=run_id)
             finally:
-                self._executing[key] -= 1
-                if not self._executing[key]:
-                    del self._executing[key]
+                if run.parent_id is None:
+                    self._release(run)
                 self._tasks.pop(run_id, None)
                 self.ctx.stop_requests.pop(run_id, None)
                 self.notifier.notify(run_id)
