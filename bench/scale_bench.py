@@ -1,6 +1,6 @@
 """ringjobs at scale, side by side with raw Docker where Docker has a counterpart (issue 7).
 
-    .venv/bin/python bench/scale_bench.py [--quick] [--only logs,history,idle]
+    .venv/bin/python bench/scale_bench.py [--quick] [--only logs,history,overhead]
 
 - logs: a job writes SIZE bytes to stdout in 4 KiB lines. ringjobs stores all of it
   (its byte cap is raised above SIZE for this); the baseline is `docker logs --follow`
@@ -12,6 +12,9 @@
   the runs while another client measures how long API calls wait.
 - idle: the daemon on that database with 100 scheduled jobs: RSS and CPU over a quiet
   interval.
+- overhead: what ringjobs adds around Docker's own work for one run, from timestamps:
+  the run's events (`created`, `finished`) against the container's `Created` and
+  `State.FinishedAt` as Docker recorded them (containers are kept to be inspected).
 
 Every daemon gets its own temp dir; containers are labelled io.ringjobs.namespace=
 scale-bench* and removed at the end. A benchmark, not a test: it reports, it asserts
@@ -31,14 +34,15 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import docker
 from run_bench import IMAGE, RINGJOBS, Daemon, clean_docker, machine, revision, running_daemon
 
 from ringjobs.client import Client
-from ringjobs.models import JobSpec
+from ringjobs.models import JobSpec, parse_time
 from ringjobs.store import Store
 
 NAMESPACE = "scale-bench"
@@ -151,6 +155,7 @@ def bench_logs(size: int, rounds: int) -> None:
             cli = [RINGJOBS, "logs", str(run_id)]
             first, whole, total = first_line_and_total(daemon, cli)
             tails = [first_line_and_total(daemon, [*cli, "--tail", "100"])[1] for _ in range(5)]
+            api_tails = timed(lambda: drain(daemon.client.stream_logs(run_id, tail=100)), 50)
     d, r = statistics.median(docker_times), statistics.median(rj_times)
     header(
         f"Log capture: {size / 2**20:.0f} MiB in 4 KiB lines, median of {rounds}",
@@ -171,7 +176,154 @@ def bench_logs(size: int, rounds: int) -> None:
     row("database size after the runs", f"{db_size / 2**20:.0f} MiB", "", "", "")
     row("`logs RUN`: first line", ms(first), "", "", "< 100 ms")
     row("`logs RUN`: whole log", f"{total / whole / 2**20:.0f} MiB/s", "", "", "disk speed")
-    row("`logs RUN --tail 100`, median of 5", ms(statistics.median(tails)), "", "", "< 50 ms")
+    row(
+        "API: last 100 lines (`GET /v1/runs/ID/logs?tail=100`, all read), p50 / p95",
+        f"{ms(percentile(api_tails, 0.5))} / {ms(percentile(api_tails, 0.95))}",
+        "",
+        "",
+        "< 50 ms",
+    )
+    row("CLI: `logs RUN --tail 100`, wall, median of 5", ms(statistics.median(tails)), "", "", "")
+
+
+def drain(records: Iterator[object]) -> int:
+    lines = sum(1 for _ in records)
+    if lines != 100:
+        raise SystemExit(f"the tail gave {lines} lines, not 100")
+    return lines
+
+
+# -- overhead per run ---------------------------------------------------------------------
+
+
+def docker_times(container_id: str) -> tuple[datetime, datetime, datetime]:
+    """Docker's own Created, State.StartedAt and State.FinishedAt of a container."""
+    out = subprocess.run(
+        [
+            "docker",
+            "inspect",
+            "--format",
+            "{{.Created}} {{.State.StartedAt}} {{.State.FinishedAt}}",
+            container_id,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    return tuple(_docker_time(value) for value in out)  # type: ignore[return-value]
+
+
+def _docker_time(value: str) -> datetime:
+    # RFC 3339 with nanoseconds: datetime takes microseconds.
+    head, _, frac = value.rstrip("Z").partition(".")
+    return datetime.fromisoformat(f"{head}.{(frac + '000000')[:6]}+00:00")
+
+
+def bench_overhead(runs: int) -> None:
+    """What ringjobs adds before Docker's create and after Docker reports the exit.
+
+    ringjobs, from timestamps: its `created` event (the API accepted the run) → the
+    container's `Created` (Docker began creating it), and the container's
+    `State.FinishedAt` → its `finished` event (the run is final). Raw Docker, the same
+    container (image, command, namespace network, attached streams) through the Engine
+    API: request sent → `Created`, and `FinishedAt` → `POST /wait` answered. The
+    difference of the medians is what ringjobs adds.
+    """
+    spans: dict[str, list[float]] = {}
+
+    def add(name: str, start: datetime, end: datetime) -> None:
+        spans.setdefault(name, []).append((end - start).total_seconds() * 1000)
+
+    with tempfile.TemporaryDirectory(prefix="rj-scale-") as tmp:
+        with running_daemon(Path(tmp)) as daemon:
+            for index in range(runs + 3):
+                run, events = overhead_run(daemon, Path(tmp), index == 0)
+                if index < 3:
+                    continue  # warm-up: the namespace network, first-use paths
+                created, _, finished = docker_times(str(run["container_id"]))
+                add("rj-create", events["created"], created)
+                add("rj-exit", finished, events["finished"])
+                add("claim", events["created"], events["starting"])
+                add("resolve", events["starting"], events["image_resolved"])
+                add("create", events["image_resolved"], created)
+                for sent, created, finished, answered in raw_docker_runs(1):
+                    add("docker-create", sent, created)
+                    add("docker-exit", finished, answered)
+    p50 = {name: statistics.median(values) for name, values in spans.items()}
+    header(
+        f"Overhead per run: {runs} runs of `true` one after the other, each followed by the "
+        "same container through the raw Engine API",
+        "",
+        "ringjobs p50 / p95",
+        "raw Docker p50 / p95",
+        "ringjobs adds (p50)",
+        "target",
+    )
+    for name, ours, theirs in (
+        ("accepted → Docker's create starts (`Created`)", "rj-create", "docker-create"),
+        ("container exit (`FinishedAt`) → run final / wait answered", "rj-exit", "docker-exit"),
+    ):
+        row(
+            name,
+            f"{p50[ours]:.1f} / {percentile(spans[ours], 0.95):.1f} ms",
+            f"{p50[theirs]:.1f} / {percentile(spans[theirs], 0.95):.1f} ms",
+            f"{p50[ours] - p50[theirs]:.1f} ms",
+            "< 10 ms",
+        )
+    for name, key in (
+        ("  of which: accepted → claimed (`starting` event)", "claim"),
+        ("  claimed → image resolved (`image_resolved` event)", "resolve"),
+        ("  image resolved → Docker's `Created`", "create"),
+    ):
+        row(name, f"{p50[key]:.1f} / {percentile(spans[key], 0.95):.1f} ms", "", "", "")
+
+
+def raw_docker_runs(runs: int) -> list[tuple[datetime, datetime, datetime, datetime]]:
+    """(create sent, Created, FinishedAt, wait answered) of plain Engine API runs."""
+    api = docker.APIClient(version="auto")
+    found = []
+    for _ in range(runs):
+        sent = datetime.now(UTC)
+        cid = api.create_container(
+            IMAGE,
+            ["true"],
+            labels={"io.ringjobs.namespace": f"{NAMESPACE}-docker"},
+            host_config=api.create_host_config(network_mode=f"ringjobs_{NAMESPACE}"),
+        )["Id"]
+        stream = api.attach_socket(cid, params={"stdout": 1, "stderr": 1, "stream": 1})
+        api.start(cid)
+        api.wait(cid)
+        answered = datetime.now(UTC)
+        stream.close()
+        created, _, finished = docker_times(cid)
+        api.remove_container(cid, force=True)
+        found.append((sent, created, finished, answered))
+    api.close()
+    return found
+
+
+def overhead_run(
+    daemon: Daemon, workdir: Path, first: bool
+) -> tuple[dict[str, object], dict[str, datetime]]:
+    """One run of a job that keeps its container; the run and its events by type."""
+    if first:
+        job = {
+            "name": "overhead",
+            "namespace": NAMESPACE,
+            "runtime": "docker",
+            "kind": "job",
+            "image": IMAGE,
+            "command": ["true"],
+            "keep_container": "1h",  # inspected, then removed by clean_docker
+            "concurrency_policy": "Allow",  # apply starts a run too: one more warm-up
+        }
+        apply_jobs(daemon, workdir, [job])
+    run_id = int(daemon.client.start_job_run(NAMESPACE, "overhead")["id"])
+    run = daemon.client.wait_until_terminal(run_id)
+    if run["status"] != "completed" or not run.get("container_id"):
+        raise SystemExit(f"run {run_id}: {run['status']}")
+    events = {e["type"]: parse_time(e["time"]) for e in daemon.client.stream_events(run_id)}
+    return run, events
 
 
 # -- history --------------------------------------------------------------------------------
@@ -355,27 +507,30 @@ def bench_history(runs: int, lines_per_run: int, idle_seconds: float) -> None:
     row(f"daemon CPU over {idle_seconds:.0f} s idle", f"{idle[1] * 1000:.0f} ms", "≈ 0")
 
 
+def apply_jobs(daemon: Daemon, workdir: Path, jobs: list[dict[str, object]]) -> None:
+    """`ringjobs apply -f` of a manifest holding these jobs."""
+    path = workdir / "jobs.json"
+    path.write_text(json.dumps({"deployments": {str(job["name"]): job for job in jobs}}))
+    subprocess.run(
+        [RINGJOBS, "apply", "-f", str(path)], env=daemon.env, check=True, stdout=subprocess.DEVNULL
+    )
+
+
 def measure_idle(daemon: Daemon, workdir: Path, seconds: float) -> tuple[int, float]:
     """Apply JOBS scheduled jobs, let the daemon settle, then watch it do nothing."""
-    manifest = {
-        "deployments": {
-            f"nightly-{j}": {
-                "name": f"nightly-{j}",
-                "namespace": NAMESPACE,
-                "runtime": "docker",
-                "kind": "job",
-                "image": IMAGE,
-                "command": ["true"],
-                "schedule": f"{j % 60} 3 * * *",
-            }
-            for j in range(JOBS)
+    nightly = [
+        {
+            "name": f"nightly-{j}",
+            "namespace": NAMESPACE,
+            "runtime": "docker",
+            "kind": "job",
+            "image": IMAGE,
+            "command": ["true"],
+            "schedule": f"{j % 60} 3 * * *",
         }
-    }
-    path = workdir / "nightly.json"
-    path.write_text(json.dumps(manifest))
-    subprocess.run(
-        [RINGJOBS, "apply", "-f", str(path)], env=daemon.env, check=True, capture_output=True
-    )
+        for j in range(JOBS)
+    ]
+    apply_jobs(daemon, workdir, nightly)
     time.sleep(2.0)
     cpu = daemon.cpu_seconds()
     time.sleep(seconds)
@@ -385,7 +540,9 @@ def measure_idle(daemon: Daemon, workdir: Path, seconds: float) -> tuple[int, fl
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
-    parser.add_argument("--only", default="logs,history", help="logs and/or history")
+    parser.add_argument(
+        "--only", default="logs,history,overhead", help="logs, history and/or overhead"
+    )
     args = parser.parse_args()
     only = set(args.only.split(","))
     print(f"ringjobs {revision()} — {machine()}")
@@ -398,6 +555,8 @@ def main() -> None:
                 bench_history(20_000, 10, 5.0)
             else:
                 bench_history(1_000_000, 10, 30.0)
+        if "overhead" in only:
+            bench_overhead(20 if args.quick else 100)
     finally:
         clean_docker(NAMESPACE, f"{NAMESPACE}-docker")
 
