@@ -153,7 +153,10 @@ class Engine:
 
     # -- queue -----------------------------------------------------------------------
 
-    def enqueue(self, run_id: int) -> None:
+    def enqueue(self, run_id: int, spec: JobSpec | None = None) -> None:
+        """Queue a pending run; with its spec, the queue needs no read to place it."""
+        if spec is not None:
+            self._job_of[run_id] = (spec.key, spec.concurrency_policy)
         if run_id not in self._pending:
             self._pending.append(run_id)
         self._wakeup.set()
@@ -417,7 +420,7 @@ class Engine:
             refuse_if_active=spec.concurrency_policy == "Forbid",
             fire=fire,
         )
-        self.enqueue(run_id)
+        self.enqueue(run_id, spec)
         await self._replace_others(spec, run_id)
         return await self._run(run_id)
 
@@ -436,7 +439,7 @@ class Engine:
     async def exec_run(self, spec: JobSpec, caller_uid: int | None) -> Run:
         """Start a one-off run (trigger exec): no job definition, always allowed to run."""
         run_id = await self.store.create_run(spec, 0, Trigger.EXEC, caller_uid)
-        self.enqueue(run_id)
+        self.enqueue(run_id, spec)
         return await self._run(run_id)
 
     async def cancel(self, run_id: int, caller_uid: int | None, why: str = "") -> Run:

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import structlog
 
@@ -26,7 +26,7 @@ from ringjobs.engine.logsink import LogSink, RunLog
 from ringjobs.engine.metrics import EngineMetrics
 from ringjobs.engine.notify import Notifier
 from ringjobs.engine.outcome import classify_exit
-from ringjobs.engine.prepare import prepare_attempt
+from ringjobs.engine.prepare import PreparedAttempt, prepare_attempt
 from ringjobs.engine.source import SourceNotFound, SourceProblem
 from ringjobs.exceptions import EngineUnavailable, StoreUnavailable
 from ringjobs.models import FailureReason, Run, RunStatus, StopIntent, utcnow
@@ -34,7 +34,9 @@ from ringjobs.retry import backoff_delay, should_retry
 from ringjobs.runtime.base import (
     LABEL_MANAGED,
     ContainerNotFound,
+    ContainerSpec,
     ContainerState,
+    ImageInfo,
     ImageNotFound,
     OutputChunk,
     Runtime,
@@ -46,6 +48,8 @@ if TYPE_CHECKING:
     from ringjobs.engine.secretvault import SecretVault
 
 log = structlog.get_logger(__name__)
+A = TypeVar("A")
+B = TypeVar("B")
 
 
 class RunAlreadyFinal(Exception):
@@ -156,37 +160,37 @@ class RunExecutor:
 
     async def _execute(self) -> None:
         run = self.run
-        claimed = await self.ctx.store.claim_pending(
-            run.id,
-            ("starting", f"attempt {self.attempt}: resolving image {_image_wanted(run)}"),
-            RunStatus.STARTING,
-            attempt=self.attempt,
+        # The claim's commit and the image lookup do not depend on each other: overlap
+        # them (a run cancelled meanwhile has only cost an inspect).
+        claimed, wanted = await asyncio.gather(
+            self._claim(), self._wanted_image(run), return_exceptions=True
         )
+        if isinstance(claimed, BaseException):
+            raise claimed
         if not claimed:
-            return  # cancelled while it waited for a slot
-        self.run = run.model_copy(update={"status": RunStatus.STARTING, "attempt": self.attempt})
-        self.ctx.notifier.notify(run.id)
+            return  # cancelled while it waited for a slot: whatever the lookup found
+        if isinstance(wanted, BaseException):
+            raise wanted
         # Live source, namespace settings and secrets: resolved now, at container creation.
         ctx = self.ctx
         prepared = await prepare_attempt(ctx.store, ctx.runtime, ctx.secrets, run, self.attempt)
-        image = prepared.image or await self.ctx.runtime.resolve_image(
-            run.spec.image or "", run.spec.image_pull_policy
-        )
+        image = prepared.image or wanted
+        assert image is not None  # a run has an image or a source (validated at apply)
         # From a live source, the run shows the reference the source was created from.
         source = prepared.match.container if prepared.match else None
         shown = source.image if source is not None and source.image else self.run.image
-        await self._transition(
-            ("image_resolved", f"{image.ref} is {image.id}"), image_id=image.id, image=shown
-        )
         instance = self.ctx.store.instance_id
         cspec = container_spec(run, self.attempt, image, self.ctx.config, prepared.env, instance)
         cspec, warnings = prepared.container(cspec, run, self.ctx.config.policy)
         for warning in warnings:
             await self.ctx.store.add_event(run.id, "warning", warning)
-        if prepared.needs_namespace_network(cspec, run):
-            await self.ctx.runtime.ensure_network(
-                network_name(run.namespace), {LABEL_MANAGED: "true"}
-            )
+        # Recording the image and checking the network are independent too.
+        await _both(
+            self._transition(
+                ("image_resolved", f"{image.ref} is {image.id}"), image_id=image.id, image=shown
+            ),
+            self._ensure_network(prepared, cspec),
+        )
         self.container_id = await self.ctx.runtime.create(cspec)
         await self._transition(
             ("container_created", f"container {cspec.name} ({self.container_id[:12]})"),
@@ -210,6 +214,31 @@ class RunExecutor:
         exit_code = await self._wait_with_deadline()
         await self._drain(pump)
         await self._finalize(exit_code)
+
+    async def _claim(self) -> bool:
+        claimed = await self.ctx.store.claim_pending(
+            self.run.id,
+            ("starting", f"attempt {self.attempt}: resolving image {_image_wanted(self.run)}"),
+            RunStatus.STARTING,
+            attempt=self.attempt,
+        )
+        if claimed:
+            update = {"status": RunStatus.STARTING, "attempt": self.attempt}
+            self.run = self.run.model_copy(update=update)
+            self.ctx.notifier.notify(self.run.id)
+        return claimed
+
+    async def _wanted_image(self, run: Run) -> ImageInfo | None:
+        """The job's own image, pinned by ID; None for a live source (prepare finds it)."""
+        if not run.spec.image:
+            return None
+        return await self.ctx.runtime.resolve_image(run.spec.image, run.spec.image_pull_policy)
+
+    async def _ensure_network(self, prepared: PreparedAttempt, cspec: ContainerSpec) -> None:
+        if prepared.needs_namespace_network(cspec, self.run):
+            await self.ctx.runtime.ensure_network(
+                network_name(self.run.namespace), {LABEL_MANAGED: "true"}
+            )
 
     async def _start(self, pump: asyncio.Task[None]) -> None:
         assert self.container_id is not None
@@ -449,6 +478,18 @@ class RunExecutor:
         self.ctx.notifier.notify(self.run.id)
         if self.run.status.is_terminal and "status" in fields and self.run.parent_id is None:
             self.ctx.metrics.run_finished(self.run.namespace, self.run.status, self.run.reason)
+
+
+async def _both(first: Awaitable[A], second: Awaitable[B]) -> tuple[A, B]:
+    """Run two steps at once and let both finish; then raise the first one's error, if any.
+
+    Unlike a bare gather, neither step is left running behind an error of the other.
+    """
+    one, two = await asyncio.gather(first, second, return_exceptions=True)
+    for outcome in (one, two):
+        if isinstance(outcome, BaseException):
+            raise outcome
+    return one, two  # type: ignore[return-value]
 
 
 def _image_wanted(run: Run) -> str:
