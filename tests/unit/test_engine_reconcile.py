@@ -10,9 +10,16 @@ from typing import Any
 
 from ringjobs.config import load_config
 from ringjobs.engine.engine import Engine
+from ringjobs.engine.executor import RunExecutor
 from ringjobs.exceptions import EngineUnavailable
 from ringjobs.models import JobSpec, RunStatus, Trigger
-from ringjobs.runtime.base import ContainerState, ImageInfo, OutputChunk, RuntimeEvent
+from ringjobs.runtime.base import (
+    ContainerState,
+    ImageInfo,
+    ImageNotFound,
+    OutputChunk,
+    RuntimeEvent,
+)
 from ringjobs.store import Store
 
 
@@ -119,4 +126,48 @@ async def test_stop_starting_leaves_queued_runs_pending(tmp_path: Path) -> None:
         assert run is not None and run.status == RunStatus.PENDING
     finally:
         await engine.stop()
+        await store.close()
+
+
+class MissingImageRuntime(FakeRuntime):
+    """Up, but the image a new run asks for is not on the host."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.up = True
+        self.lookups = 0
+
+    async def resolve_image(self, ref: str, pull_policy: str) -> ImageInfo:
+        self.lookups += 1
+        raise ImageNotFound(f'image "{ref}" is not present (fake)')
+
+
+async def test_run_cancelled_before_its_claim_stays_cancelled_whatever_the_lookup(
+    tmp_path: Path,
+) -> None:
+    # The executor looks the image up while it claims the run: a run cancelled just
+    # before the claim must end cancelled, not failed by the lookup's error.
+    config = load_config(None, {"database": tmp_path / "db", "socket": tmp_path / "s"}, {})
+    store = Store(config.database)
+    await store.open()
+    runtime = MissingImageRuntime()
+    engine = Engine(store, runtime, config)  # type: ignore[arg-type]
+    try:
+        spec = JobSpec(namespace="ns", name="job", image="img")
+        run_id = await store.create_run(spec, 1, Trigger.MANUAL, None)
+        stale = await store.get_run(run_id)  # what the queue read before the cancel
+        assert stale is not None
+        await engine.cancel(run_id, None)
+        await RunExecutor(engine.ctx, stale).execute()
+        run = await store.get_run(run_id)
+        assert run is not None and (run.status, run.reason) == (RunStatus.CANCELLED, None)
+        assert runtime.lookups == 1  # the lookup did run, and its error was dropped
+        # The same lookup error on a run that is still pending fails it with the reason.
+        run_id = await store.create_run(spec, 1, Trigger.MANUAL, None)
+        fresh = await store.get_run(run_id)
+        assert fresh is not None
+        await RunExecutor(engine.ctx, fresh).execute()
+        run = await store.get_run(run_id)
+        assert run is not None and (run.status, run.reason) == (RunStatus.FAILED, "image_not_found")
+    finally:
         await store.close()
