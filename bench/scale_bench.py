@@ -39,7 +39,16 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import docker
-from run_bench import IMAGE, RINGJOBS, Daemon, clean_docker, machine, revision, running_daemon
+from run_bench import (
+    IMAGE,
+    RINGJOBS,
+    Daemon,
+    clean_docker,
+    machine,
+    revision,
+    running_daemon,
+    runtime_only_ringjobs,
+)
 
 from ringjobs.client import Client
 from ringjobs.models import JobSpec, parse_time
@@ -140,11 +149,11 @@ def first_line_and_total(daemon: Daemon, argv: list[str]) -> tuple[float, float,
     return first_at, time.perf_counter() - start, total
 
 
-def bench_logs(size: int, rounds: int) -> None:
+def bench_logs(size: int, rounds: int, executable: str) -> None:
     docker_times, rj_times, run_id = [], [], 0
     with tempfile.TemporaryDirectory(prefix="rj-scale-") as tmp:
         cap = f"{size + (1 << 20)}"
-        with running_daemon(Path(tmp), logs={"max_bytes_per_run": cap}) as daemon:
+        with running_daemon(Path(tmp), executable, logs={"max_bytes_per_run": cap}) as daemon:
             baseline_rss = status_kb(daemon.proc.pid, "VmRSS")
             for _ in range(rounds):  # interleaved: engine drift hits both alike
                 docker_times.append(docker_drain(size))
@@ -219,7 +228,7 @@ def _docker_time(value: str) -> datetime:
     return datetime.fromisoformat(f"{head}.{(frac + '000000')[:6]}+00:00")
 
 
-def bench_overhead(runs: int) -> None:
+def bench_overhead(runs: int, executable: str) -> None:
     """What ringjobs adds before Docker's create and after Docker reports the exit.
 
     ringjobs, from timestamps: its `created` event (the API accepted the run) → the
@@ -235,7 +244,7 @@ def bench_overhead(runs: int) -> None:
         spans.setdefault(name, []).append((end - start).total_seconds() * 1000)
 
     with tempfile.TemporaryDirectory(prefix="rj-scale-") as tmp:
-        with running_daemon(Path(tmp)) as daemon:
+        with running_daemon(Path(tmp), executable) as daemon:
             for index in range(runs + 3):
                 run, events = overhead_run(daemon, Path(tmp), index == 0)
                 if index < 3:
@@ -442,13 +451,13 @@ def db_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.parent.glob(path.name + "*"))
 
 
-def bench_history(runs: int, lines_per_run: int, idle_seconds: float) -> None:
+def bench_history(runs: int, lines_per_run: int, idle_seconds: float, executable: str) -> None:
     with tempfile.TemporaryDirectory(prefix="rj-scale-") as tmp:
         database = Path(tmp) / "rj.db"
         started = time.perf_counter()
         cut = build_history(database, runs, lines_per_run)
         built = time.perf_counter() - started
-        with running_daemon(Path(tmp)) as daemon:
+        with running_daemon(Path(tmp), executable) as daemon:
             client = daemon.client
             client.list_runs(namespace=NAMESPACE, job="job-7")  # warm the page cache once
             lists = timed(lambda: client.list_runs(namespace=NAMESPACE, job="job-7"), 200)
@@ -545,18 +554,20 @@ def main() -> None:
     )
     args = parser.parse_args()
     only = set(args.only.split(","))
+    # The daemon as installed (runtime dependencies only); the CLI is stdlib-only anyway.
+    daemon = runtime_only_ringjobs()
     print(f"ringjobs {revision()} — {machine()}")
     print(f"started {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, load {os.getloadavg()[0]:.2f}")
     try:
         if "logs" in only:
-            bench_logs(64 * 2**20 if args.quick else 2**30, 1 if args.quick else 3)
+            bench_logs(64 * 2**20 if args.quick else 2**30, 1 if args.quick else 3, daemon)
         if "history" in only:
             if args.quick:
-                bench_history(20_000, 10, 5.0)
+                bench_history(20_000, 10, 5.0, daemon)
             else:
-                bench_history(1_000_000, 10, 30.0)
+                bench_history(1_000_000, 10, 30.0, daemon)
         if "overhead" in only:
-            bench_overhead(20 if args.quick else 100)
+            bench_overhead(20 if args.quick else 100, daemon)
     finally:
         clean_docker(NAMESPACE, f"{NAMESPACE}-docker")
 
