@@ -94,7 +94,7 @@ class EngineAPI:
             data = await self._request("GET", "/version", None, None, _CALL_TIMEOUT)
             version = _decode(data).get("ApiVersion")
         except (EngineAPIError, ValueError, AttributeError):
-            version = None  # it answered, but not with a version: what docker-py then used
+            version = None  # it answers, but not with a version: the fallback, as before
         return str(version) if version else FALLBACK_API_VERSION
 
     async def _path(self, path: str) -> str:
