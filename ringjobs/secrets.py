@@ -3,8 +3,9 @@
 The key comes from `RINGJOBS_SECRET_KEY` (base64 of 32 bytes) or from a key file the
 daemon creates, mode 0600, on its first start. Each value is sealed with a fresh
 random nonce and bound to its `namespace/name` (associated data), so a ciphertext
-copied to another row does not open. Only the daemon imports this module: the CLI
-never needs `cryptography`.
+copied to another row does not open. `cryptography` is imported on the first seal or
+open, not with this module: the CLI never needs it, and a daemon without secrets never
+pays its ~6.6 MB of RSS (issue 7). Loading and checking the key needs none of it.
 """
 
 from __future__ import annotations
@@ -18,9 +19,6 @@ import stat
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from ringjobs.exceptions import ConfigError
 from ringjobs.store.store import SealedSecret
@@ -72,11 +70,18 @@ class SecretBox:
         return hashlib.sha256(b"ringjobs-secret-key-id\x00" + self.key).hexdigest()[:16]
 
     def seal(self, namespace: str, name: str, value: str) -> SealedSecret:
+        # Imported here: a daemon that never seals a secret never loads it (module doc).
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
         nonce = os.urandom(NONCE_BYTES)
         data = AESGCM(self.key).encrypt(nonce, value.encode(), _bound_to(namespace, name))
         return SealedSecret(self.key_id, nonce, data)
 
     def open(self, namespace: str, name: str, sealed: SealedSecret) -> str:
+        # Imported here: a daemon that never opens a secret never loads it (module doc).
+        from cryptography.exceptions import InvalidTag
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
         try:
             plain = AESGCM(self.key).decrypt(
                 sealed.nonce, sealed.ciphertext, _bound_to(namespace, name)

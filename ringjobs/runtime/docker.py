@@ -1,9 +1,9 @@
 """Docker implementation of the runtime.
 
-The calls every run makes (image inspect, create, attach, start, wait, inspect,
-stop, remove) go through `EngineAPI`: aiohttp on the event loop, one kept-alive
-pool. The events stream is read there too. The rare calls (pull, network create, logs
-recovery, list, version) use the synchronous docker SDK in a dedicated thread pool.
+Every call goes over `EngineAPI`: aiohttp on the event loop, one kept-alive pool,
+the events stream included. docker-py is imported only to pull an image, for its
+registry credentials (config.json auths and credential helpers): a daemon that never
+pulls never loads it, nor requests and urllib3 (~7 MB of RSS, issue 7).
 """
 
 from __future__ import annotations
@@ -14,20 +14,11 @@ import functools
 import json
 import math
 import os
-import ssl
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import quote
-
-import docker
-import docker.errors
-import requests.exceptions
-import urllib3.exceptions
-from docker.models.containers import _create_container_args
-from docker.types import LogConfig, Mount
-from docker.utils import format_environment, parse_host
 
 from ringjobs.exceptions import EngineUnavailable
 from ringjobs.models import VolumeMount
@@ -44,57 +35,45 @@ from ringjobs.runtime.base import (
     SourceContainer,
     StartFailed,
 )
-from ringjobs.runtime.engine_api import EngineAPI, EngineAPIError
+from ringjobs.runtime.dockerenv import (
+    EngineAddress,
+    docker_config,
+    engine_address,
+    proxy_environment,
+)
+from ringjobs.runtime.engine_api import EngineAPI, EngineAPIError, demux
 
-T = TypeVar("T")
 _EVENT_ACTIONS = ["die", "oom", "kill", "destroy"]
 _PULL_TIMEOUT = 600.0
-_FALLBACK_API_VERSION = "1.41"
+_SDK_TIMEOUT = 60  # seconds docker-py waits for each answer during a pull
 _EVENTS_RECONNECT = 1.0  # seconds between attempts to reopen the events stream
 _REMOVAL_GRACE = 10.0  # on close, how long removals under way may take to finish
-# An engine that went away mid-answer, as opposed to one that answered with an error.
-_BROKEN_CONNECTION = (requests.exceptions.RequestException, urllib3.exceptions.HTTPError)
 
 
-def _client(base_url: str | None, **kwargs: Any) -> docker.DockerClient:
-    if base_url:
-        return docker.DockerClient(base_url=base_url, **kwargs)
-    return docker.from_env(**kwargs)
+class PullRefused(Exception):
+    """The engine answered a pull with an error (unknown image, registry auth...)."""
 
 
 class DockerRuntime:
     """Runtime backed by the local Docker engine."""
 
     def __init__(self, base_url: str | None, max_concurrent_runs: int) -> None:
-        workers = 2 * max_concurrent_runs + 8
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="docker")
-        kwargs: dict[str, Any] = {"max_pool_size": workers, "timeout": 60}
-        try:
-            self._client = _client(base_url, **kwargs)
-        except docker.errors.DockerException:
-            # Engine down at start: pin an API version every supported engine speaks and
-            # let calls fail (and health report it) until the engine answers.
-            self._client = _client(base_url, version=_FALLBACK_API_VERSION, **kwargs)
-        self._api = self._client.api
-        self._engine = _engine_api(base_url, self._api)
+        self._address = engine_address(base_url, os.environ)
+        # What docker-py added to every container's environment, from ~/.docker/config.json.
+        self._proxy_env = proxy_environment(docker_config(os.environ), self._address.host)
+        tls = self._address.tls.context() if self._address.tls else None
+        self._engine = EngineAPI(self._address.url, tls)
+        # Pulls only (one per run at most); threads are made when a pull needs one.
+        self._pool_size = 2 * max_concurrent_runs + 8
+        self._pool = ThreadPoolExecutor(max_workers=self._pool_size, thread_name_prefix="pull")
+        self._sdk: Any = None  # docker-py's APIClient, made by the first pull
+        self._sdk_lock = asyncio.Lock()
         self._closed = False
         self._network_locks: dict[str, asyncio.Lock] = {}
         self._removals: set[asyncio.Future[None]] = set()
 
-    async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        loop = asyncio.get_running_loop()
-        try:
-            return await loop.run_in_executor(self._pool, functools.partial(fn, *args, **kwargs))
-        except docker.errors.APIError:
-            raise  # an answer from the engine, for the caller to judge
-        except _BROKEN_CONNECTION as exc:
-            raise EngineUnavailable(
-                f"cannot reach the Docker engine ({exc.__class__.__name__}); "
-                "check that dockerd is running and its socket is readable"
-            ) from exc
-
     async def version(self) -> str:
-        info = await self._call(self._client.version)
+        info = await self._engine.call("GET", "/version")
         return str(info.get("Version", "unknown"))
 
     async def resolve_image(self, ref: str, pull_policy: str) -> ImageInfo:
@@ -123,20 +102,31 @@ class DockerRuntime:
         return ImageInfo(id=str(data["Id"]), ref=ref)
 
     async def _pull(self, ref: str) -> None:
-        repository, _, tag = ref.rpartition(":") if ":" in ref.split("/")[-1] else (ref, "", "")
+        loop = asyncio.get_running_loop()
         try:
-            await asyncio.wait_for(
-                self._call(self._api.pull, repository, tag=tag or "latest"), _PULL_TIMEOUT
-            )
-        except (docker.errors.APIError, TimeoutError) as exc:
+            api = await self._sdk_client()
+            pull = functools.partial(_sdk_pull, api, ref)
+            await asyncio.wait_for(loop.run_in_executor(self._pool, pull), _PULL_TIMEOUT)
+        except (PullRefused, TimeoutError) as exc:
+            why = "timed out" if isinstance(exc, TimeoutError) else str(exc)
             raise ImageNotFound(
-                f'image "{ref}" is not on this host and could not be pulled: {_explain(exc)}'
+                f'image "{ref}" is not on this host and could not be pulled: {why}'
             ) from exc
+
+    async def _sdk_client(self) -> Any:
+        """docker-py's client for the same engine and API version, made on first use."""
+        async with self._sdk_lock:
+            if self._sdk is None:
+                version = await self._engine.api_version()
+                make = functools.partial(_sdk_client, self._address, version, self._pool_size)
+                # In a pool thread: importing docker-py takes ~0.1 s of CPU.
+                self._sdk = await asyncio.get_running_loop().run_in_executor(self._pool, make)
+        return self._sdk
 
     async def ensure_network(self, name: str, labels: dict[str, str]) -> None:
         # Asked on every run, not cached: Docker 20.10 accepts a container on a missing
         # network (docker network prune) and refuses only its start, after the attach
-        # stream is open. One GET on the kept-alive pool; the SDK only if it is missing.
+        # stream is open. One GET on the kept-alive pool; more only if it is missing.
         if await self._network_exists(name):
             return
         # Docker's duplicate check is racy: two concurrent creates make two networks.
@@ -154,26 +144,21 @@ class DockerRuntime:
         return bool(data.get("Name") == name)
 
     async def _ensure_network(self, name: str, labels: dict[str, str]) -> None:
-        existing = await self._call(self._api.networks, names=[name])
+        existing = await self._engine.call("GET", "/networks", params=_filters({"name": [name]}))
         if any(n.get("Name") == name for n in existing):
             return
+        body = {"Name": name, "Driver": "bridge", "CheckDuplicate": True, "Labels": labels}
         try:
-            await self._call(
-                self._api.create_network,
-                name,
-                driver="bridge",
-                labels=labels,
-                check_duplicate=True,
-            )
-        except docker.errors.APIError as exc:
-            if exc.status_code != 409:  # 409: created meanwhile by a concurrent run
-                raise StartFailed(f"cannot create network {name}: {_explain(exc)}") from exc
+            await self._engine.call("POST", "/networks/create", body=body)
+        except EngineAPIError as exc:
+            if exc.status != 409:  # 409: created meanwhile by a concurrent run
+                raise StartFailed(f"cannot create network {name}: {exc.explanation}") from exc
 
     async def create(self, spec: ContainerSpec) -> str:
-        name, body = _create_body(self._api, _create_kwargs(spec))
+        body = _create_body(spec, self._proxy_env)
         try:
             created = await self._engine.call(
-                "POST", "/containers/create", params={"name": name}, body=body
+                "POST", "/containers/create", params={"name": spec.name}, body=body
             )
         except EngineAPIError as exc:
             if exc.status == 404:
@@ -186,11 +171,12 @@ class DockerRuntime:
     async def _join_networks(self, container_id: str, networks: list[str]) -> None:
         # The engine API this targets takes one network at create; the rest join before start.
         for network in networks:
+            body = {"Container": container_id, "EndpointConfig": {}}
             try:
-                await self._call(self._api.connect_container_to_network, container_id, network)
-            except docker.errors.APIError as exc:
+                await self._engine.call("POST", f"/networks/{_quote(network)}/connect", body=body)
+            except EngineAPIError as exc:
                 await self.remove(container_id)
-                raise StartFailed(f"cannot join network {network}: {_explain(exc)}") from exc
+                raise StartFailed(f"cannot join network {network}: {exc.explanation}") from exc
 
     async def find_running(
         self, name: str | None = None, labels: tuple[str, ...] = ()
@@ -202,14 +188,14 @@ class DockerRuntime:
             filters["name"] = [name.removeprefix("/")]
         else:
             filters["label"] = list(labels)
-        rows = await self._call(self._api.containers, filters=filters)
+        rows = await self._list_containers(filters)
         if name is not None:  # Docker's name filter is a regex search: keep exact names only
             wanted = "/" + name.removeprefix("/")
             rows = [row for row in rows if wanted in (row.get("Names") or [])]
         found = []
         for row in rows:
-            with contextlib.suppress(docker.errors.NotFound):  # gone meanwhile
-                found.append(await self._call(self._api.inspect_container, row["Id"]))
+            with contextlib.suppress(ContainerNotFound):  # gone meanwhile
+                found.append(await self._inspect(str(row["Id"])))
         sources = [
             _source_from_inspect(d)
             for d in found
@@ -218,7 +204,7 @@ class DockerRuntime:
         return sorted(sources, key=lambda s: s.created, reverse=True)
 
     async def running_names(self) -> list[str]:
-        rows = await self._call(self._api.containers, filters={"status": "running"})
+        rows = await self._list_containers({"status": ["running"]})
         names = [
             str(name).lstrip("/")
             for row in rows
@@ -226,6 +212,12 @@ class DockerRuntime:
             for name in (row.get("Names") or [])[:1]
         ]
         return sorted(names)
+
+    async def _list_containers(
+        self, filters: dict[str, list[str]], stopped_too: bool = False
+    ) -> list[dict[str, Any]]:
+        params = {"all": "1" if stopped_too else "0", **_filters(filters)}
+        return list(await self._engine.call("GET", "/containers/json", params=params))
 
     async def attach(self, container_id: str) -> AsyncIterator[OutputChunk]:
         """Open the attach stream now (before start) and return its reader.
@@ -260,13 +252,16 @@ class DockerRuntime:
         return int(result.get("StatusCode", -1))
 
     async def inspect(self, container_id: str) -> ContainerState:
+        return _state_from_inspect(await self._inspect(container_id))
+
+    async def _inspect(self, container_id: str) -> dict[str, Any]:
         try:
             data = await self._engine.call("GET", f"/containers/{_quote(container_id)}/json")
         except EngineAPIError as exc:
             if exc.status == 404:
                 raise ContainerNotFound(f"container {container_id[:12]} is gone") from exc
             raise
-        return _state_from_inspect(data)
+        return dict(data)
 
     async def stop(self, container_id: str, grace_seconds: float) -> None:
         grace = math.ceil(grace_seconds)
@@ -301,21 +296,25 @@ class DockerRuntime:
                 raise
 
     async def output(self, container_id: str, stream: str) -> bytes:
+        # The query docker-py's logs(stream=False) sent: everything kept, no timestamps.
+        params = {
+            "stdout": "1" if stream == "stdout" else "0",
+            "stderr": "1" if stream == "stderr" else "0",
+            "timestamps": "0",
+            "follow": "0",
+            "tail": "all",
+        }
         try:
-            data = await self._call(
-                self._api.logs,
-                container_id,
-                stdout=stream == "stdout",
-                stderr=stream == "stderr",
-                stream=False,
-            )
-        except docker.errors.NotFound as exc:
-            raise ContainerNotFound(f"container {container_id[:12]} is gone") from exc
-        return bytes(data)
+            data = await self._engine.read(f"/containers/{_quote(container_id)}/logs", params)
+        except EngineAPIError as exc:
+            if exc.status == 404:
+                raise ContainerNotFound(f"container {container_id[:12]} is gone") from exc
+            raise
+        return demux(data)  # one stream asked: every frame is of that stream
 
     async def list_managed(self, instance: str) -> list[ContainerState]:
         labels = [f"{LABEL_MANAGED}=true", f"{LABEL_INSTANCE}={instance}"]
-        rows = await self._call(self._api.containers, all=True, filters={"label": labels})
+        rows = await self._list_containers({"label": labels}, stopped_too=True)
         states = []
         for row in rows:
             with contextlib.suppress(ContainerNotFound):
@@ -348,100 +347,90 @@ class DockerRuntime:
         if self._removals:
             await asyncio.wait(self._removals, timeout=_REMOVAL_GRACE)
         await self._engine.close()
-        with contextlib.suppress(Exception):
-            self._client.close()
+        if self._sdk is not None:
+            with contextlib.suppress(Exception):
+                self._sdk.close()
 
 
-def _create_kwargs(spec: ContainerSpec) -> dict[str, Any]:
-    kwargs: dict[str, Any] = {
-        "image": spec.image,
-        "name": spec.name,
-        "labels": spec.labels,
-        "detach": True,
-        "command": spec.command,
-        "entrypoint": spec.entrypoint,
-        "environment": spec.environment,
-        "working_dir": spec.working_dir,
-        "user": spec.user,
-        # Hardening (SPEC 5): no capabilities, no privilege gain, a pid limit, an init.
-        "cap_drop": ["ALL"],
-        "cap_add": spec.cap_add or None,
-        "security_opt": ["no-new-privileges", *spec.security_opt],
-        "pids_limit": spec.pids_limit,
-        "init": True,
-        "privileged": spec.privileged,
-        "read_only": spec.read_only_rootfs,
-        "tmpfs": spec.tmpfs or None,
-        "pid_mode": spec.pid_mode,
-        "ipc_mode": spec.ipc_mode,
-        "uts_mode": spec.uts_mode,
-        "userns_mode": spec.userns_mode,
-        "devices": spec.devices or None,
-        "mounts": [_mount(m) for m in spec.mounts],
-        "log_config": LogConfig(
-            type="json-file",
-            config={"max-size": spec.log_max_size, "max-file": str(spec.log_max_file)},
-        ),
-    }
-    if spec.memory_bytes:
-        kwargs["mem_limit"] = spec.memory_bytes
-        kwargs["memswap_limit"] = spec.memory_bytes  # unset would mean swap = 2 x memory
-    if spec.cpu_nanos:
-        kwargs["nano_cpus"] = spec.cpu_nanos
-    if spec.network in ("none", "host"):
-        kwargs["network_mode"] = spec.network
-    elif spec.network:
-        kwargs["network"] = spec.network
-    return kwargs
+def _create_body(spec: ContainerSpec, proxy_env: list[str]) -> dict[str, Any]:
+    """The JSON of POST /containers/create: the one place for container settings.
 
-
-def _engine_api(base_url: str | None, api: docker.APIClient) -> EngineAPI:
-    """The aiohttp client for the same engine, API version and TLS as the SDK's."""
-    host = parse_host(base_url or os.environ.get("DOCKER_HOST"), tls=bool(api.cert))
-    if host.startswith("ssh://"):
-        raise StartFailed(
-            "docker_host ssh:// is not supported; use unix:// or tcp:// (for a remote "
-            "engine, forward its socket with ssh -L)"
-        )
-    tls = None
-    if host.startswith("https://"):
-        tls = ssl.create_default_context(cafile=api.verify if isinstance(api.verify, str) else None)
-        if api.verify is False:
-            tls.check_hostname = False
-            tls.verify_mode = ssl.CERT_NONE
-        if api.cert:
-            tls.load_cert_chain(*api.cert)
-    return EngineAPI(host, api.api_version, tls)
-
-
-def _create_body(api: docker.APIClient, kwargs: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    """(name, JSON body) of POST /containers/create, built by the SDK's own helpers.
-
-    Exactly what `client.containers.create(**kwargs)` sends, without its HTTP call and
-    the inspect it makes after; `_create_kwargs` stays the one place for settings.
+    Key for key what docker-py's `containers.create()` sent for them (a unit test
+    compares), without its null values; `proxy_env` goes first, as it put it.
     """
-    args = _create_container_args({**kwargs, "version": api.api_version})
-    name = str(args.pop("name"))
-    environment = args.pop("environment", None)
-    if isinstance(environment, dict):
-        environment = format_environment(environment)
-    proxies = getattr(api, "_proxy_configs", None)  # the SDK adds ~/.docker proxy env
-    if proxies is not None:
-        environment = proxies.inject_proxy_environment(environment) or None
-    return name, dict(api.create_container_config(environment=environment, **args))
+    named_network = spec.network not in (None, "", "none", "host")
+    host = {
+        # Hardening (SPEC 5): no capabilities, no privilege gain, a pid limit, an init.
+        "CapDrop": ["ALL"],
+        "CapAdd": spec.cap_add or None,
+        "SecurityOpt": ["no-new-privileges", *spec.security_opt],
+        "PidsLimit": spec.pids_limit or None,
+        "Init": True,
+        "Privileged": spec.privileged or None,
+        "ReadonlyRootfs": spec.read_only_rootfs,
+        "Memory": spec.memory_bytes or None,
+        "MemorySwap": spec.memory_bytes or None,  # unset would mean swap = 2 x memory
+        "NanoCpus": spec.cpu_nanos or None,
+        "NetworkMode": spec.network or "default",
+        "PidMode": spec.pid_mode or None,
+        "IpcMode": spec.ipc_mode or None,
+        "UTSMode": spec.uts_mode or None,
+        "UsernsMode": spec.userns_mode or None,
+        "Devices": [_device(d) for d in spec.devices] or None,
+        "Tmpfs": spec.tmpfs or None,
+        "Mounts": [_mount(m) for m in spec.mounts],
+        "LogConfig": {
+            "Type": "json-file",
+            "Config": {"max-size": spec.log_max_size, "max-file": str(spec.log_max_file)},
+        },
+    }
+    body = {
+        "User": spec.user,
+        **dict.fromkeys(("Tty", "OpenStdin", "StdinOnce", "NetworkDisabled"), False),
+        **dict.fromkeys(("AttachStdin", "AttachStdout", "AttachStderr"), False),  # detached
+        "Env": proxy_env + [f"{k}={v}" for k, v in spec.environment.items()] or None,
+        "Cmd": spec.command,
+        "Image": spec.image,
+        "Entrypoint": spec.entrypoint,
+        "WorkingDir": spec.working_dir,
+        "Labels": spec.labels,
+        "HostConfig": _without_none(host),
+        # docker-py's shape, not the API's (EndpointsConfig): the engine ignores it and
+        # HostConfig.NetworkMode names the network. Kept: it is what was always sent.
+        "NetworkingConfig": {spec.network: None} if named_network else None,
+    }
+    return _without_none(body)
+
+
+def _without_none(values: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in values.items() if value is not None}
+
+
+def _filters(filters: dict[str, list[str]]) -> dict[str, str]:
+    return {"filters": json.dumps(filters)}
 
 
 def _quote(value: str) -> str:
     return quote(value, safe="/:@")
 
 
-def _mount(volume: Any) -> Mount:
-    return Mount(
-        target=volume.destination,
-        source=volume.source,
-        type=volume.type,
-        read_only=volume.read_only,
-    )
+def _mount(volume: VolumeMount) -> dict[str, Any]:
+    return {
+        "Target": volume.destination,
+        "Source": volume.source,
+        "Type": volume.type,
+        "ReadOnly": volume.read_only,
+    }
+
+
+def _device(device: str) -> dict[str, str]:
+    """HOST[:CONTAINER[:PERMISSIONS]], as Docker's --device."""
+    parts = device.split(":")
+    return {
+        "PathOnHost": parts[0],
+        "PathInContainer": parts[1] if len(parts) > 1 else parts[0],
+        "CgroupPermissions": parts[2] if len(parts) > 2 else "rwm",
+    }
 
 
 def _is_managed(data: dict[str, Any]) -> bool:
@@ -508,9 +497,37 @@ def _event_from_raw(raw: dict[str, Any]) -> RuntimeEvent:
     )
 
 
-def _explain(exc: BaseException) -> str:
-    if isinstance(exc, docker.errors.APIError):
-        return str(exc.explanation or exc)
-    if isinstance(exc, TimeoutError):
-        return "timed out"
-    return str(exc)
+def _sdk_client(address: EngineAddress, version: str, pool_size: int) -> Any:
+    # Imported here, not at the top: only a pull needs it (module doc).
+    import docker
+    import docker.tls
+
+    tls: Any = False
+    if address.tls is not None:
+        files = address.tls
+        tls = docker.tls.TLSConfig(files.client_cert, files.ca_cert, files.verify)
+    return docker.APIClient(
+        base_url=address.host,
+        version=version,
+        timeout=_SDK_TIMEOUT,
+        tls=tls,
+        max_pool_size=pool_size,
+    )
+
+
+def _sdk_pull(api: Any, ref: str) -> None:
+    """Pull with docker-py (in a pool thread): PullRefused or EngineUnavailable if not."""
+    import docker.errors  # loaded with the client already
+    import requests.exceptions
+    import urllib3.exceptions
+
+    repository, _, tag = ref.rpartition(":") if ":" in ref.split("/")[-1] else (ref, "", "")
+    try:
+        api.pull(repository, tag=tag or "latest")
+    except docker.errors.APIError as exc:
+        raise PullRefused(str(exc.explanation or exc)) from exc
+    except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError) as exc:
+        raise EngineUnavailable(
+            f"cannot reach the Docker engine ({exc.__class__.__name__}); "
+            "check that dockerd is running and its socket is readable"
+        ) from exc

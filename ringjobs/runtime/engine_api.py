@@ -1,10 +1,10 @@
-"""The Docker Engine API calls of a run's hot path, over aiohttp on the event loop.
+"""The Docker Engine API over aiohttp on the event loop: one kept-alive pool.
 
 docker-py over `requests` costs ~0.9 ms of Python per call in a pool thread, plus a
 thread hop each way, and keys its connection pools by full URL (a new unix
-connection per container). These calls (image inspect, create, attach, start,
-wait, inspect, stop, remove) happen for every run, so they go over one kept-alive
-aiohttp pool instead (~0.3 ms per call, no thread). Rare calls stay on the SDK.
+connection per container); these calls (~0.3 ms each, no thread) happen for every
+run. Importing docker-py also costs ~7 MB of RSS (issue 7), so every call goes here;
+only a pull uses it (runtime/docker.py).
 """
 
 from __future__ import annotations
@@ -21,8 +21,10 @@ import aiohttp
 
 from ringjobs.exceptions import EngineUnavailable
 
+FALLBACK_API_VERSION = "1.41"  # if the engine answers /version without one
 _CALL_TIMEOUT = aiohttp.ClientTimeout(total=60)
 _STREAM_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=60)  # wait, attach
+_READ_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=60, sock_read=60)  # logs
 _FRAME_HEADER = struct.Struct(">BxxxL")  # stream id, 3 bytes padding, payload length
 _STREAMS = {1: "stdout", 2: "stderr"}
 _BROKEN = (aiohttp.ClientError, TimeoutError, OSError)
@@ -45,16 +47,18 @@ def _unavailable(exc: BaseException) -> EngineUnavailable:
 
 
 class EngineAPI:
-    """A few Engine API endpoints on one kept-alive connection pool.
+    """The Engine API on one kept-alive connection pool.
 
-    `host` is what docker-py's `parse_host` returns: `http+unix:///path`,
-    `http://host:port` or `https://host:port` (with `tls`).
+    `url` is what `dockerenv.engine_url` returns: `http+unix:///path`,
+    `http://host:port` or `https://host:port` (with `tls`). The API version is the
+    engine's own, asked on the first call that reaches it (docker-py's "auto").
     """
 
-    def __init__(self, host: str, api_version: str, tls: ssl.SSLContext | None = None) -> None:
-        self._host = host
-        self._prefix = f"/v{api_version}"
+    def __init__(self, url: str, tls: ssl.SSLContext | None = None) -> None:
+        self._url = url
         self._tls = tls
+        self._version: str | None = None
+        self._negotiating = asyncio.Lock()
         self._session: aiohttp.ClientSession | None = None
         self._closed = False
 
@@ -64,17 +68,37 @@ class EngineAPI:
         # Made on first use: it belongs to the running loop.
         if self._session is None:
             connector: aiohttp.BaseConnector
-            if self._host.startswith("http+unix://"):
-                path = self._host.removeprefix("http+unix://")
+            if self._url.startswith("http+unix://"):
+                path = "/" + self._url.removeprefix("http+unix://").lstrip("/")
                 connector = aiohttp.UnixConnector(path=path, limit=0)
                 base = "http://docker"
             else:
                 connector = aiohttp.TCPConnector(limit=0, ssl=self._tls or False)
-                base = self._host
+                base = self._url
             self._session = aiohttp.ClientSession(
                 base_url=base, connector=connector, timeout=_CALL_TIMEOUT
             )
         return self._session
+
+    async def api_version(self) -> str:
+        """The engine's API version, asked once it answers; until then every call fails
+        with EngineUnavailable, so an engine started after the daemon is asked then."""
+        if self._version is None:
+            async with self._negotiating:
+                if self._version is None:
+                    self._version = await self._negotiate()
+        return self._version
+
+    async def _negotiate(self) -> str:
+        try:
+            data = await self._request("GET", "/version", None, None, _CALL_TIMEOUT)
+            version = _decode(data).get("ApiVersion")
+        except (EngineAPIError, ValueError, AttributeError):
+            version = None  # it answers, but not with a version: the fallback, as before
+        return str(version) if version else FALLBACK_API_VERSION
+
+    async def _path(self, path: str) -> str:
+        return f"/v{await self.api_version()}{path}"
 
     async def call(
         self,
@@ -89,16 +113,31 @@ class EngineAPI:
         `time_limit=None` for calls that last as long as a container (wait).
         """
         limit = _STREAM_TIMEOUT if time_limit is None else aiohttp.ClientTimeout(total=time_limit)
+        data = await self._request(method, await self._path(path), params, body, limit)
+        return _decode(data) if data else None
+
+    async def read(self, path: str, params: dict[str, str]) -> bytes:
+        """The raw answer of one GET (logs: as long as it takes, while bytes keep coming)."""
+        return await self._request("GET", await self._path(path), params, None, _READ_TIMEOUT)
+
+    async def _request(
+        self,
+        method: str,
+        url: str,
+        params: dict[str, str] | None,
+        body: Any,
+        limit: aiohttp.ClientTimeout,
+    ) -> bytes:
         try:
             async with self._client().request(
-                method, self._prefix + path, params=params, json=body, timeout=limit
+                method, url, params=params, json=body, timeout=limit
             ) as response:
                 data = await response.read()
                 if response.status >= 400:
                     raise EngineAPIError(response.status, _explanation(data))
         except _BROKEN as exc:
             raise _unavailable(exc) from exc
-        return _decode(data) if data else None
+        return data
 
     async def attach(self, container_id: str) -> AsyncIterator[tuple[str, bytes]]:
         """Open the attach stream now (call before start); the reader of its frames.
@@ -107,12 +146,9 @@ class EngineAPI:
         on the connection until the container exits (no TTY: 8-byte headers).
         """
         params = {"stdout": "1", "stderr": "1", "stream": "1", "logs": "0"}
+        path = await self._path(f"/containers/{quote(container_id)}/attach")
         try:
-            response = await self._client().post(
-                f"{self._prefix}/containers/{quote(container_id)}/attach",
-                params=params,
-                timeout=_STREAM_TIMEOUT,
-            )
+            response = await self._client().post(path, params=params, timeout=_STREAM_TIMEOUT)
         except _BROKEN as exc:
             raise _unavailable(exc) from exc
         if response.status >= 400:
@@ -123,10 +159,9 @@ class EngineAPI:
 
     async def stream(self, path: str, params: dict[str, str]) -> AsyncIterator[Any]:
         """The JSON objects of a streaming endpoint (one per line: events) until it ends."""
+        url = await self._path(path)
         try:
-            async with self._client().get(
-                self._prefix + path, params=params, timeout=_STREAM_TIMEOUT
-            ) as response:
+            async with self._client().get(url, params=params, timeout=_STREAM_TIMEOUT) as response:
                 if response.status >= 400:
                     raise EngineAPIError(response.status, _explanation(await response.read()))
                 async for line in response.content:
@@ -140,6 +175,21 @@ class EngineAPI:
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+
+def demux(data: bytes) -> bytes:
+    """The payloads of a whole multiplexed answer (logs of one stream), headers dropped.
+
+    As docker-py read it: a last frame cut short gives what there is of it.
+    """
+    payloads = []
+    at = 0
+    while len(data) - at >= _FRAME_HEADER.size:
+        _, size = _FRAME_HEADER.unpack_from(data, at)
+        at += _FRAME_HEADER.size
+        payloads.append(data[at : at + size])
+        at += size
+    return b"".join(payloads)
 
 
 async def _frames(response: aiohttp.ClientResponse) -> AsyncIterator[tuple[str, bytes]]:

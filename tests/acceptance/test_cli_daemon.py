@@ -24,6 +24,8 @@ IMAGE = "ringjobs-test:latest"
 class Daemon:
     """A `ringjobs daemon` subprocess on a private socket and database."""
 
+    command: tuple[str, ...] = (RINGJOBS,)  # what `daemon --config FILE` is appended to
+
     def __init__(self, root: Path) -> None:
         self.root = root
         self.socket = root / "rj.sock"
@@ -36,7 +38,7 @@ class Daemon:
     def start(self) -> None:
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(
-                [RINGJOBS, "daemon", "--config", str(self.config)],
+                [*self.command, "daemon", "--config", str(self.config)],
                 stdout=log,
                 stderr=log,
                 env={**os.environ, "RINGJOBS_LOG_FORMAT": "json"},
