@@ -251,6 +251,7 @@ def bench_overhead(runs: int, executable: str) -> None:
                     continue  # warm-up: the namespace network, first-use paths
                 created, _, finished = docker_times(str(run["container_id"]))
                 add("rj-create", events["created"], created)
+                add("rj-answered", events["answered"], created)
                 add("rj-exit", finished, events["finished"])
                 add("claim", events["created"], events["starting"])
                 add("resolve", events["starting"], events["image_resolved"])
@@ -269,7 +270,11 @@ def bench_overhead(runs: int, executable: str) -> None:
         "target",
     )
     for name, ours, theirs in (
-        ("accepted → Docker's create starts (`Created`)", "rj-create", "docker-create"),
+        (
+            "accepted (`created` event) → Docker's create starts (`Created`)",
+            "rj-create",
+            "docker-create",
+        ),
         ("container exit (`FinishedAt`) → run final / wait answered", "rj-exit", "docker-exit"),
     ):
         row(
@@ -280,6 +285,7 @@ def bench_overhead(runs: int, executable: str) -> None:
             "< 10 ms",
         )
     for name, key in (
+        ("  the same from the API's answer (201 received) → `Created`", "rj-answered"),
         ("  of which: accepted → claimed (`starting` event)", "claim"),
         ("  claimed → image resolved (`image_resolved` event)", "resolve"),
         ("  image resolved → Docker's `Created`", "create"),
@@ -328,11 +334,12 @@ def overhead_run(
         }
         apply_jobs(daemon, workdir, [job])
     run_id = int(daemon.client.start_job_run(NAMESPACE, "overhead")["id"])
+    answered = datetime.now(UTC)  # the API's 201 is in: the run is stored and audited
     run = daemon.client.wait_until_terminal(run_id)
     if run["status"] != "completed" or not run.get("container_id"):
         raise SystemExit(f"run {run_id}: {run['status']}")
     events = {e["type"]: parse_time(e["time"]) for e in daemon.client.stream_events(run_id)}
-    return run, events
+    return run, {**events, "answered": answered}
 
 
 # -- history --------------------------------------------------------------------------------
