@@ -9,7 +9,9 @@
 - history: a database of RUNS runs and 10 log lines each, written directly with the
   store's schema. `run list -n NS --job J` and `run inspect` through the API (p50/p95),
   the CLI's `run list` wall time, then `namespace prune --older-than` of a tenth of
-  the runs while another client measures how long API calls wait.
+  the runs while one client calls `run inspect` back to back and another applies a
+  job every 50 ms (a write: the prune's deletes hold the same writer lock), each call
+  timed.
 - idle: the daemon on that database with 100 scheduled jobs: RSS and CPU over a quiet
   interval.
 
@@ -269,21 +271,44 @@ def timed(call: Callable[[], object], times: int) -> list[float]:
 
 
 class Prober(threading.Thread):
-    """Times `run inspect` calls back to back while something else runs."""
+    """Times one API call back to back (with `pause` between) while something else runs."""
 
-    def __init__(self, socket_path: str, run_ids: int) -> None:
+    def __init__(self, socket_path: str, call: Callable[[Client], object], pause: float) -> None:
         super().__init__(daemon=True)
         self.client = Client(socket_path, retry_for=0)
-        self.run_ids = run_ids
+        self.call = call
+        self.pause = pause
         self.samples: list[float] = []
         self.stop = threading.Event()
 
     def run(self) -> None:
         while not self.stop.is_set():
-            run_id = random.randint(self.run_ids // 2, self.run_ids)
             start = time.perf_counter()
-            self.client.get_run(run_id)
+            self.call(self.client)
             self.samples.append(time.perf_counter() - start)
+            self.stop.wait(self.pause)
+
+
+def inspect_call(run_ids: int) -> Callable[[Client], object]:
+    """`run inspect` of a run the prune keeps."""
+    return lambda client: client.get_run(random.randint(run_ids // 2, run_ids))
+
+
+def apply_call() -> Callable[[Client], object]:
+    """`apply` of one job whose command changes each time: a new revision, a real write."""
+    count = iter(range(1 << 62))
+
+    def apply(client: Client) -> object:
+        job = {"name": "probe", "namespace": f"{NAMESPACE}-probe", "image": IMAGE}
+        job |= {"runtime": "docker", "kind": "job", "command": ["echo", str(next(count))]}
+        manifest = json.dumps({"deployments": {"probe": job}})
+        return client.apply([{"source": "probe.json", "content": manifest}])
+
+    return apply
+
+
+def spread(samples: list[float]) -> str:
+    return " / ".join(ms(percentile(samples, q)) for q in (0.5, 0.99, 1.0))
 
 
 def db_bytes(path: Path) -> int:
@@ -305,15 +330,20 @@ def bench_history(runs: int, lines_per_run: int, idle_seconds: float) -> None:
             cli = [RINGJOBS, "run", "list", "-n", NAMESPACE, "--job", "job-7"]
             cli_walls = timed(lambda: subprocess.run(cli, env=daemon.env, capture_output=True), 10)
             idle = measure_idle(daemon, Path(tmp), idle_seconds)
+            apply = apply_call()
+            writes = timed(lambda: apply(client), 20)  # the floor of a write, idle
             before = db_bytes(database)
-            prober = Prober(daemon.socket_path, runs)
-            prober.start()
+            readers = Prober(daemon.socket_path, inspect_call(runs), 0.0)
+            writers = Prober(daemon.socket_path, apply, 0.05)
+            for prober in (readers, writers):
+                prober.start()
             start = time.perf_counter()
             age = int((datetime.now(UTC) - cut).total_seconds())
             result = client.prune_namespace(NAMESPACE, older_than=f"{age}s")
             pruned_in = time.perf_counter() - start
-            prober.stop.set()
-            prober.join()
+            for prober in (readers, writers):
+                prober.stop.set()
+                prober.join()
             after = db_bytes(database)
     removed = len(result.get("run_ids") or [])
     header(
@@ -344,7 +374,10 @@ def bench_history(runs: int, lines_per_run: int, idle_seconds: float) -> None:
     )
     header("Prune", "", "ringjobs", "target")
     row(f"`namespace prune --older-than` of {removed:,} runs", f"{pruned_in:.1f} s", "< 10 s")
-    row("longest API call during the prune", ms(max(prober.samples or [0.0])), "< 100 ms")
+    row("longest API call during the prune", ms(max(readers.samples + writers.samples)), "< 100 ms")
+    row("`run inspect` back to back during it, p50 / p99 / max", spread(readers.samples), "")
+    row("`apply` of one job every 50 ms during it, p50 / p99 / max", spread(writers.samples), "")
+    row("`apply` of one job, idle, p50 / p99 / max", spread(writes), "")
     row(
         "database + WAL before → after",
         f"{before / 2**20:.0f} → {after / 2**20:.0f} MiB",
