@@ -16,7 +16,7 @@ import ringjobs.store.store as store_module
 from ringjobs.exceptions import StoreUnavailable
 from ringjobs.models import JobSpec, NamespaceSpec, RunStatus, Trigger, utcnow
 from ringjobs.store import Store
-from ringjobs.store.queries import schema
+from ringjobs.store.queries import queries, schema
 
 SQL_DIR = Path(store_module.__file__).parent / "sql"
 
@@ -67,6 +67,19 @@ def sqlite_master(path: Path) -> list[tuple[str, str, str, str | None]]:
         (r["type"], r["name"], r["tbl_name"], " ".join(r["sql"].split()) if r["sql"] else None)
         for r in found
     ]
+
+
+def count_transactions(store: Store, monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    """The work of every one-hop transaction the store runs from now on."""
+    seen: list[object] = []
+    real = store._transaction
+
+    async def recording(work: Any) -> Any:
+        seen.append(work)
+        return await real(work)
+
+    monkeypatch.setattr(store, "_transaction", recording)
+    return seen
 
 
 def file_size(path: Path) -> int:
@@ -491,7 +504,7 @@ async def test_a_retried_batch_stores_nothing_twice(store: Store) -> None:
 # -- (g) prune ---------------------------------------------------------------------------
 
 
-async def test_delete_runs_in_batches_and_file_shrinks(
+async def test_delete_runs_in_steps_and_file_shrinks(
     store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     total, keep, lines_per_run = 1200, 100, 30
@@ -512,16 +525,10 @@ async def test_delete_runs_in_batches_and_file_shrinks(
     size_before = file_size(store.path)
     assert size_before > len(rows) * 300
 
-    assert store._writer is not None
-    statements: list[str] = []
-    real_execute = store._writer.execute
-
-    def recording_execute(sql: str, *args: Any) -> Any:
-        statements.append(sql)
-        return real_execute(sql, *args)
-
-    monkeypatch.setattr(store._writer, "execute", recording_execute)
-    monkeypatch.setattr("ringjobs.store.store._PRUNE_BATCH", 500)  # several batches here
+    transactions = count_transactions(store, monkeypatch)
+    monkeypatch.setattr(store_module, "_PRUNE_STEP_SECONDS", 0.0)  # one chunk per step
+    monkeypatch.setattr(store_module, "_PRUNE_CHUNK", 500)
+    monkeypatch.setattr(store_module, "_PRUNE_LINES", 500 * lines_per_run + 1)
     lines, events = await store.delete_runs(doomed)
     monkeypatch.undo()
 
@@ -529,9 +536,7 @@ async def test_delete_runs_in_batches_and_file_shrinks(
     created_events = len(doomed)
     warning_events = len([r for r in run_ids[::3] if r in set(doomed)])
     assert events == created_events + warning_events
-    run_deletes = [s for s in statements if s.startswith("DELETE FROM runs")]
-    assert len(run_deletes) == 3  # 1100 runs in batches of at most 500
-    assert all(s.count("?") <= 500 for s in run_deletes)
+    assert len(transactions) == 3  # 1100 runs in transactions of at most 500
 
     assert await store.get_run(doomed[0]) is None
     assert await store.list_events(doomed[-1]) == []
@@ -545,6 +550,75 @@ async def test_delete_runs_in_batches_and_file_shrinks(
     with plain(store.path) as db:
         assert db.execute("PRAGMA freelist_count").fetchone()[0] == 0
         assert db.execute("SELECT count(*) FROM log_lines").fetchone()[0] == keep * lines_per_run
+
+
+async def runs_with_logs(store: Store, runs: int, lines: int) -> list[int]:
+    run_ids = [await store.create_run(spec(), 1, Trigger.MANUAL, None) for _ in range(runs)]
+    rows = [(r, seq, 1, "stdout", seq, "a line") for r in run_ids for seq in range(1, lines + 1)]
+    await store.append_logs(rows, {})
+    return run_ids
+
+
+def orphans(path: Path) -> int:
+    """Log lines and events whose run is gone."""
+    with plain(path) as db:
+        return sum(
+            db.execute(
+                f"SELECT count(*) FROM {table} WHERE run_id NOT IN (SELECT id FROM runs)"
+            ).fetchone()[0]
+            for table in ("log_lines", "run_events")
+        )
+
+
+async def test_a_long_log_is_deleted_over_several_steps(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    long, short = await runs_with_logs(store, 2, 12_000)
+    transactions = count_transactions(store, monkeypatch)
+    monkeypatch.setattr(store_module, "_PRUNE_STEP_SECONDS", 0.0)
+    monkeypatch.setattr(store_module, "_PRUNE_LINES", 1000)
+    assert await store.delete_runs([long]) == (12_000, 1)
+    monkeypatch.undo()
+    assert len(transactions) == 13  # 12 bites of its log, then the rest of the run
+    assert await store.get_run(long) is None
+    assert len(await store.read_logs(short, limit=20_000)) == 12_000
+    assert orphans(store.path) == 0
+
+
+async def test_a_prune_cut_short_leaves_no_orphans_and_the_next_one_finishes(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run_ids = await runs_with_logs(store, 30, 20)
+    real = store._transaction
+    steps = 0
+
+    async def dies_at_the_fifth_step(work: Any) -> Any:
+        nonlocal steps
+        steps += 1
+        if steps == 5:
+            raise RuntimeError("the daemon died here")
+        return await real(work)
+
+    monkeypatch.setattr(store, "_transaction", dies_at_the_fifth_step)
+    monkeypatch.setattr(store_module, "_PRUNE_STEP_SECONDS", 0.0)
+    monkeypatch.setattr(store_module, "_PRUNE_CHUNK", 10)
+    monkeypatch.setattr(store_module, "_PRUNE_LINES", 70)
+    with pytest.raises(RuntimeError):
+        await store.delete_runs(run_ids)
+    monkeypatch.setattr(store, "_transaction", real)
+
+    # Steps 1-3: the first 10 runs (their 200 lines in bites of 70, then their rows).
+    # Step 4: 70 lines of the next 10, whose rows all stay until their last step.
+    left = sorted(r.id for r in await store.list_runs(limit=100))
+    assert left == run_ids[10:]
+    assert orphans(store.path) == 0
+    assert [len(await store.list_events(r)) for r in left] == [1] * 20
+    logs = [len(await store.read_logs(r)) for r in left]
+    assert logs == [0] * 3 + [10] + [20] * 16
+
+    assert await store.delete_runs(left) == (20 * 20 - 70, 20)
+    assert await store.list_runs(limit=100) == []
+    assert orphans(store.path) == 0
 
 
 async def test_delete_runs_of_nothing(store: Store) -> None:
@@ -828,18 +902,16 @@ async def test_log_reads_use_the_log_index(store: Store, monkeypatch: pytest.Mon
         assert "log_lines_by_run" in plan, plan
 
 
-async def test_prune_deletes_use_indexes(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
-    run_ids = [await store.create_run(spec(), 1, Trigger.MANUAL, None) for _ in range(3)]
-
-    async def action() -> None:
-        await store.delete_runs(run_ids)
-
-    # Planned after the deletes ran; the plan does not depend on the rows present.
-    plans = await query_plans(store, monkeypatch, action, connection="_writer")
-    assert len(plans) == 4  # log_lines, run_events, run_sources, runs
-    for plan in plans:
-        assert "SCAN" not in plan, plan
-        assert "INDEX" in plan or "INTEGER PRIMARY KEY" in plan, plan
+@pytest.mark.parametrize(
+    "name", ["delete_log_lines", "delete_run_events", "delete_run_sources", "delete_runs"]
+)
+def test_prune_deletes_use_indexes(name: str) -> None:
+    with sqlite3.connect(":memory:") as db:
+        db.executescript(schema())
+        params = {"ids": "[1, 2]", "limit": 10}
+        plan = " | ".join(r[3] for r in db.execute("EXPLAIN QUERY PLAN " + queries()[name], params))
+    assert not re.search(r"SCAN (runs|log_lines|run_events|run_sources)\b", plan), plan
+    assert "INDEX" in plan or "INTEGER PRIMARY KEY" in plan, plan
 
 
 async def test_concurrent_writes_are_serialised(store: Store) -> None:

@@ -272,3 +272,21 @@ WHERE namespace = :namespace
   AND status IN ('completed', 'failed', 'cancelled')
   AND (:statuses IS NULL OR status IN (SELECT value FROM json_each(:statuses)))
 ORDER BY id;
+
+-- Prune. :ids is a JSON array of run ids: one statement text for any number of them.
+
+-- name: delete_log_lines
+-- At most :limit lines at a time: one run's log can be millions of lines, and a prune
+-- transaction must stay short (the writer lock is everyone's).
+DELETE FROM log_lines WHERE id IN (
+    SELECT id FROM log_lines WHERE run_id IN (SELECT value FROM json_each(:ids)) LIMIT :limit
+);
+
+-- name: delete_run_events
+DELETE FROM run_events WHERE run_id IN (SELECT value FROM json_each(:ids));
+
+-- name: delete_run_sources
+DELETE FROM run_sources WHERE run_id IN (SELECT value FROM json_each(:ids));
+
+-- name: delete_runs
+DELETE FROM runs WHERE id IN (SELECT value FROM json_each(:ids));
