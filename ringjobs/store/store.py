@@ -66,6 +66,8 @@ _PRUNE_BATCH = 2000  # run ids per candidate query
 _PRUNE_STEP_SECONDS = 0.02
 _PRUNE_CHUNK = 100  # runs per statement; the step's deadline is checked between chunks
 _PRUNE_LINES = 5000  # log lines per statement (one run's log can be millions of lines)
+_VACUUM_FIRST_PAGES = 256  # then sized to the time the last step took
+_VACUUM_MIN_PAGES = 16
 _ACTIVE = ("pending", "starting", "running")
 _PRAGMAS = (
     "auto_vacuum = INCREMENTAL",
@@ -304,9 +306,6 @@ class Store:
         an open SELECT/PRAGMA cursor would make this COMMIT fail ("SQL statements in
         progress").
         """
-        db = self._writer
-        if db is None:
-            raise StoreUnavailable("the database is closed (the daemon is shutting down)")
 
         def run(conn: sqlite3.Connection) -> T:
             conn.execute("BEGIN IMMEDIATE")
@@ -318,11 +317,18 @@ class Store:
                 raise
             return result
 
+        return await self._on_writer(run)
+
+    async def _on_writer(self, call: Callable[[sqlite3.Connection], T]) -> T:
+        """`call` on the writer's thread under the write lock, as one hop."""
+        db = self._writer
+        if db is None:
+            raise StoreUnavailable("the database is closed (the daemon is shutting down)")
         async with self._lock:
             try:
                 # aiosqlite has no public call for "run this on your thread"; _execute is
                 # what its own execute() uses.
-                result: T = await db._execute(run, db._conn)  # type: ignore[no-untyped-call]
+                result: T = await db._execute(call, db._conn)  # type: ignore[no-untyped-call]
             except sqlite3.OperationalError as exc:
                 raise StoreUnavailable(
                     f"cannot write the database {self.path}: {exc} "
@@ -753,16 +759,20 @@ class Store:
         return [{**dict(r), "environment": json.loads(r["environment"])} for r in rows]
 
     async def _reclaim_space(self) -> None:
-        if self._writer is None:
-            return
-        async with self._lock:
-            try:
-                # executescript frees every page at once (execute frees one per call).
-                await self._writer.executescript("PRAGMA incremental_vacuum;")
-                async with self._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)"):
-                    pass  # closed: see _transaction
-            except sqlite3.Error as exc:
-                raise StoreUnavailable(f"cannot reclaim space in {self.path}: {exc}") from exc
+        """Give the pages of deleted rows back to the file system, a short step at a time.
+
+        One incremental_vacuum of everything a 100,000-run prune freed held the writer
+        lock for ~3 s; steps sized to _PRUNE_STEP_SECONDS let other writers in between.
+        """
+        free = await self._on_writer(_free_pages)
+        pages = _VACUUM_FIRST_PAGES
+        while free > 0:  # pages freed meanwhile by others: their own reclaim takes them
+            step = min(pages, free)
+            took = await self._on_writer(partial(_vacuum, step))
+            free -= step
+            pages = max(_VACUUM_MIN_PAGES, min(2 * step, int(step * _PRUNE_STEP_SECONDS / took)))
+        # The file shrinks when the WAL is checkpointed; TRUNCATE also empties the WAL.
+        await self._on_writer(_truncate_wal)
 
     # -- audit (who changed what through the socket) ---------------------------------
 
@@ -981,3 +991,21 @@ def _delete_some(ids: list[int], start: int, conn: sqlite3.Connection) -> _Delet
         if time.monotonic() > deadline:
             break
     return _Deleted(runs, lines, events)
+
+
+def _free_pages(conn: sqlite3.Connection) -> int:
+    [(free,)] = conn.execute("PRAGMA freelist_count").fetchall()
+    return int(free)
+
+
+def _vacuum(pages: int, conn: sqlite3.Connection) -> float:
+    """Cut `pages` pages off the file's end (live ones move into free ones); returns seconds."""
+    started = time.monotonic()
+    # Each freed page is a result row without columns: execute() would stop after the
+    # first; executescript() runs the statement to its end (its own transaction).
+    conn.executescript(f"PRAGMA incremental_vacuum({int(pages)});")
+    return max(time.monotonic() - started, 1e-6)
+
+
+def _truncate_wal(conn: sqlite3.Connection) -> None:
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()

@@ -621,6 +621,37 @@ async def test_a_prune_cut_short_leaves_no_orphans_and_the_next_one_finishes(
     assert orphans(store.path) == 0
 
 
+async def test_freed_pages_go_back_in_short_steps(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    doomed = await runs_with_logs(store, 50, 400)
+    kept = await runs_with_logs(store, 1, 400)
+    with plain(store.path) as db:
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    size_before = file_size(store.path)
+    calls: list[Any] = []
+    real = store._on_writer
+
+    async def recording(call: Any) -> Any:
+        calls.append(call)
+        return await real(call)
+
+    monkeypatch.setattr(store, "_on_writer", recording)
+    monkeypatch.setattr(store_module, "_PRUNE_STEP_SECONDS", 0.0)  # the smallest steps
+    monkeypatch.setattr(store_module, "_VACUUM_FIRST_PAGES", 16)
+    await store.delete_runs(doomed)
+    monkeypatch.undo()
+
+    steps = [c.args[0] for c in calls if getattr(c, "func", None) is store_module._vacuum]
+    assert len(steps) > 3, steps
+    assert steps[:-1] == [store_module._VACUUM_MIN_PAGES] * (len(steps) - 1), steps
+    assert 0 < steps[-1] <= store_module._VACUUM_MIN_PAGES, steps
+    with plain(store.path) as db:
+        assert db.execute("PRAGMA freelist_count").fetchone()[0] == 0
+    assert file_size(store.path) < size_before / 4, (size_before, file_size(store.path))
+    assert len(await store.read_logs(kept[0], limit=1000)) == 400
+
+
 async def test_delete_runs_of_nothing(store: Store) -> None:
     run_id = await store.create_run(spec(), 1, Trigger.MANUAL, None)
     assert await store.delete_runs([]) == (0, 0)
