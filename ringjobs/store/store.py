@@ -60,12 +60,14 @@ _RUN_COLUMNS = frozenset(
     }
 )
 _PRUNE_BATCH = 2000  # run ids per candidate query
-# A prune deletes in transactions of about this much work, so API writes (which need the
-# same writer lock) wait for one short step, never for the whole prune: 2,000 runs per
-# transaction held the lock 100-200 ms on the 1M-run bench.
-_PRUNE_STEP_SECONDS = 0.02
-_PRUNE_CHUNK = 100  # runs per statement; the step's deadline is checked between chunks
-_PRUNE_LINES = 5000  # log lines per statement (one run's log can be millions of lines)
+# A prune step (one transaction) deletes chunks of runs until another writer waits for
+# the lock or this much time has passed: a waiting API write then waits for one chunk
+# and a commit, not for 2,000 runs (100-200 ms on the 1M-run bench). Vacuum steps,
+# which cannot stop halfway, are sized to _VACUUM_STEP_SECONDS.
+_PRUNE_STEP_SECONDS = 0.1
+_PRUNE_CHUNK = 50  # runs per statement; the step's deadline is checked between chunks
+_PRUNE_LINES = 2000  # log lines per statement (one run's log can be millions of lines)
+_VACUUM_STEP_SECONDS = 0.02
 _VACUUM_FIRST_PAGES = 256  # then sized to the time the last step took
 _VACUUM_MIN_PAGES = 16
 _ACTIVE = ("pending", "starting", "running")
@@ -148,6 +150,7 @@ class Store:
         # Long scans (prune's candidates) read here, so API reads never queue behind them.
         self._scanner: aiosqlite.Connection | None = None
         self._lock = asyncio.Lock()
+        self._waiting = 0  # tasks waiting for _lock: a prune step ends early for them
         self.instance_id = ""
 
     # -- lifecycle ---------------------------------------------------------------
@@ -162,7 +165,7 @@ class Store:
                 f"cannot create {self.path}: {exc.strerror} "
                 "(check the database path and its permissions)"
             ) from exc
-        self._lock = asyncio.Lock()
+        self._lock, self._waiting = asyncio.Lock(), 0
         self._writer = await self._connect()
         try:
             await self._check_integrity(self._writer)
@@ -272,11 +275,24 @@ class Store:
     # -- plumbing ----------------------------------------------------------------
 
     @asynccontextmanager
+    async def _locked(self) -> AsyncIterator[None]:
+        """The write lock, counting who waits for it (a prune step reads the count)."""
+        self._waiting += 1
+        try:
+            await self._lock.acquire()
+        finally:
+            self._waiting -= 1
+        try:
+            yield
+        finally:
+            self._lock.release()
+
+    @asynccontextmanager
     async def _write(self) -> AsyncIterator[aiosqlite.Connection]:
         db = self._writer
         if db is None:
             raise StoreUnavailable("the database is closed (the daemon is shutting down)")
-        async with self._lock:
+        async with self._locked():
             try:
                 try:
                     # BEGIN inside the try: a task cancelled while BEGIN runs on aiosqlite's
@@ -324,7 +340,7 @@ class Store:
         db = self._writer
         if db is None:
             raise StoreUnavailable("the database is closed (the daemon is shutting down)")
-        async with self._lock:
+        async with self._locked():
             try:
                 # aiosqlite has no public call for "run this on your thread"; _execute is
                 # what its own execute() uses.
@@ -690,7 +706,7 @@ class Store:
         ids = list(run_ids)
         runs = lines = events = 0
         while runs < len(ids):
-            step = await self._transaction(partial(_delete_some, ids, runs))
+            step = await self._transaction(partial(_delete_some, ids, runs, self._others_wait))
             runs, lines, events = runs + step.runs, lines + step.lines, events + step.events
         await self._reclaim_space()
         return lines, events
@@ -758,11 +774,15 @@ class Store:
         rows = await self._fetchall(_q("run_sources"), {"run_id": run_id})
         return [{**dict(r), "environment": json.loads(r["environment"])} for r in rows]
 
+    def _others_wait(self) -> bool:
+        """Whether a task waits for the write lock (read from the writer's thread)."""
+        return self._waiting > 0
+
     async def _reclaim_space(self) -> None:
         """Give the pages of deleted rows back to the file system, a short step at a time.
 
         One incremental_vacuum of everything a 100,000-run prune freed held the writer
-        lock for ~3 s; steps sized to _PRUNE_STEP_SECONDS let other writers in between.
+        lock for ~3 s; steps sized to _VACUUM_STEP_SECONDS let other writers in between.
         """
         free = await self._on_writer(_free_pages)
         pages = _VACUUM_FIRST_PAGES
@@ -770,7 +790,7 @@ class Store:
             step = min(pages, free)
             took = await self._on_writer(partial(_vacuum, step))
             free -= step
-            pages = max(_VACUUM_MIN_PAGES, min(2 * step, int(step * _PRUNE_STEP_SECONDS / took)))
+            pages = max(_VACUUM_MIN_PAGES, min(2 * step, int(step * _VACUUM_STEP_SECONDS / took)))
         # The file shrinks when the WAL is checkpointed; TRUNCATE also empties the WAL.
         await self._on_writer(_truncate_wal)
 
@@ -972,23 +992,29 @@ class _Deleted(NamedTuple):
     events: int
 
 
-def _delete_some(ids: list[int], start: int, conn: sqlite3.Connection) -> _Deleted:
-    """Delete ids[start:] a chunk at a time until the step's time is up (at least one)."""
+def _delete_some(
+    ids: list[int], start: int, others_wait: Callable[[], bool], conn: sqlite3.Connection
+) -> _Deleted:
+    """Delete ids[start:] a chunk at a time until the step is over (after at least one)."""
     deadline = time.monotonic() + _PRUNE_STEP_SECONDS
+
+    def over() -> bool:
+        return time.monotonic() > deadline or others_wait()
+
     runs = lines = events = 0
     while start + runs < len(ids):
         chunk = ids[start + runs : start + runs + _PRUNE_CHUNK]
         params = {"ids": json.dumps(chunk), "limit": _PRUNE_LINES}
         while (cut := conn.execute(_q("delete_log_lines"), params).rowcount) == _PRUNE_LINES:
             lines += cut
-            if time.monotonic() > deadline:  # a long log: its runs wait for the next step
+            if over():  # a long log: its runs wait for the next step
                 return _Deleted(runs, lines, events)
         lines += cut
         events += conn.execute(_q("delete_run_events"), params).rowcount
         conn.execute(_q("delete_run_sources"), params)
         conn.execute(_q("delete_runs"), params)
         runs += len(chunk)
-        if time.monotonic() > deadline:
+        if over():
             break
     return _Deleted(runs, lines, events)
 

@@ -6,6 +6,7 @@ import asyncio
 import re
 import sqlite3
 from collections.abc import AsyncIterator, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -585,6 +586,21 @@ async def test_a_long_log_is_deleted_over_several_steps(
     assert orphans(store.path) == 0
 
 
+async def test_a_prune_step_ends_after_one_chunk_when_another_writer_waits(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run_ids = await runs_with_logs(store, 30, 5)
+    monkeypatch.setattr(store_module, "_PRUNE_CHUNK", 10)
+    waiting = [False, True]  # someone queues for the lock during the second chunk
+
+    def others_wait() -> bool:
+        return waiting.pop(0) if waiting else True
+
+    step = partial(store_module._delete_some, run_ids, 0, others_wait)
+    assert await store._transaction(step) == (20, 100, 20)
+    assert sorted(r.id for r in await store.list_runs(limit=100)) == run_ids[20:]
+
+
 async def test_a_prune_cut_short_leaves_no_orphans_and_the_next_one_finishes(
     store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -637,7 +653,7 @@ async def test_freed_pages_go_back_in_short_steps(
         return await real(call)
 
     monkeypatch.setattr(store, "_on_writer", recording)
-    monkeypatch.setattr(store_module, "_PRUNE_STEP_SECONDS", 0.0)  # the smallest steps
+    monkeypatch.setattr(store_module, "_VACUUM_STEP_SECONDS", 0.0)  # the smallest steps
     monkeypatch.setattr(store_module, "_VACUUM_FIRST_PAGES", 16)
     await store.delete_runs(doomed)
     monkeypatch.undo()
