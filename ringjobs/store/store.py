@@ -59,7 +59,6 @@ _RUN_COLUMNS = frozenset(
         "command",
     }
 )
-_PRUNE_BATCH = 2000  # run ids per candidate query
 # A prune step (one transaction) deletes chunks of runs until another writer waits for
 # the lock or this much time has passed: a waiting API write then waits for one chunk
 # and a commit, not for 2,000 runs (100-200 ms on the 1M-run bench). Vacuum steps,
@@ -103,6 +102,14 @@ class LogRecord:
             "time": format_time(when),
             "line": self.line,
         }
+
+
+@dataclass(frozen=True)
+class PruneCandidates:
+    """The runs a prune selects, oldest first, and those of them still active."""
+
+    run_ids: list[int]
+    active: list[int]
 
 
 @dataclass(frozen=True)
@@ -672,7 +679,7 @@ class Store:
         older_than: datetime | None = None,
         keep_last: int = 0,
         statuses: Sequence[str] | None = None,
-    ) -> list[dict[str, Any]]:
+    ) -> PruneCandidates:
         params = {
             "namespace": namespace,
             "all": include_active,
@@ -682,19 +689,15 @@ class Store:
         }
         fast = older_than is not None and not include_active and not keep_last
         query = _q("prunable_runs_older_than" if fast else "prunable_runs")
-        rows = await self._fetchall(query, params, scan=True)
-        return [dict(r) for r in rows]
+        [row] = await self._fetchall(query, params, scan=True)
+        return PruneCandidates(sorted(json.loads(row[0])), sorted(json.loads(row[1])))
 
     async def with_children(self, run_ids: Sequence[int]) -> list[int]:
         """The runs and the completions of those that fanned out (deleted together)."""
-        found = set(run_ids)
-        for start in range(0, len(run_ids), _PRUNE_BATCH):
-            batch = list(run_ids[start : start + _PRUNE_BATCH])
-            marks = ",".join("?" * len(batch))
-            sql = f"SELECT id FROM runs WHERE parent_id IN ({marks})"
-            rows = await self._fetchall(sql, batch, scan=True)
-            found.update(int(r[0]) for r in rows)
-        return sorted(found)
+        params = {"ids": json.dumps(list(run_ids))}
+        [row] = await self._fetchall(_q("child_run_ids"), params, scan=True)
+        children = json.loads(row[0])
+        return sorted({*run_ids, *children}) if children else list(run_ids)
 
     async def delete_runs(self, run_ids: Sequence[int]) -> tuple[int, int]:
         """Delete runs with their logs and events, oldest first; returns (lines, events).

@@ -18,6 +18,7 @@ from ringjobs.exceptions import StoreUnavailable
 from ringjobs.models import JobSpec, NamespaceSpec, RunStatus, Trigger, utcnow
 from ringjobs.store import Store
 from ringjobs.store.queries import queries, schema
+from ringjobs.store.store import PruneCandidates
 
 SQL_DIR = Path(store_module.__file__).parent / "sql"
 
@@ -703,14 +704,11 @@ async def test_prunable_runs(store: Store) -> None:
     active = await store.create_run(spec(), 1, Trigger.MANUAL, None)
     await store.create_run(spec(namespace="other"), 1, Trigger.MANUAL, None)
     await store.update_run(done, status=RunStatus.COMPLETED, container_id="c1")
-    finished = await store.prunable_runs("ns", include_active=False)
-    assert [(r["id"], r["container_id"], r["status"]) for r in finished] == [
-        (done, "c1", "completed")
-    ]
-    assert [r["id"] for r in await store.prunable_runs("ns", include_active=True)] == [
-        done,
-        active,
-    ]
+    assert await store.prunable_runs("ns", include_active=False) == PruneCandidates([done], [])
+    assert await store.prunable_runs("ns", include_active=True) == PruneCandidates(
+        [done, active], [active]
+    )
+    assert await store.prunable_runs("none", include_active=True) == PruneCandidates([], [])
 
 
 # -- (h) unwritable database -------------------------------------------------------------
