@@ -78,6 +78,13 @@ _PRAGMAS = (
     "synchronous = FULL",
     "foreign_keys = ON",
     "busy_timeout = 5000",
+    # Debian builds SQLite with SECURE_DELETE: every page a delete frees is zeroed and
+    # written, then written again by the checkpoint (a 2,000-run prune step: 1,323 WAL
+    # frames, with FAST 985; a 100,000-run prune wrote 1.76 GB, with FAST 1.58 GB).
+    # FAST still zeroes deleted rows in the pages it writes anyway; only whole free
+    # pages keep old bytes until reused, and deleting runs (prune, history_limit) ends
+    # with an incremental vacuum that leaves none.
+    "secure_delete = FAST",
 )
 _INTEGRITY_ERRORS = 5  # problems quoted when the database fails its check at start
 _RUN_FILTERS = ("namespace", "job", "status")

@@ -160,6 +160,7 @@ async def test_connection_pragmas(store: Store) -> None:
     assert await pragma(store._writer, "foreign_keys") == 1
     assert await pragma(store._writer, "busy_timeout") == 5000
     assert await pragma(store._writer, "synchronous") == 2  # FULL
+    assert await pragma(store._writer, "secure_delete") == 2  # FAST
     assert await pragma(store._writer, "query_only") == 0
     assert await pragma(store._reader, "query_only") == 1
 
