@@ -588,11 +588,12 @@ async def test_a_long_log_is_deleted_over_several_steps(
     assert orphans(store.path) == 0
 
 
-async def test_a_prune_step_ends_after_one_chunk_when_another_writer_waits(
+async def test_a_prune_step_ends_early_when_another_writer_waits(
     store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    run_ids = await runs_with_logs(store, 30, 5)
+    run_ids = await runs_with_logs(store, 40, 5)
     monkeypatch.setattr(store_module, "_PRUNE_CHUNK", 10)
+    monkeypatch.setattr(store_module, "_PRUNE_STEP_MIN_SECONDS", 0.0)
     waiting = [False, True]  # someone queues for the lock during the second chunk
 
     def others_wait() -> bool:
@@ -601,6 +602,13 @@ async def test_a_prune_step_ends_after_one_chunk_when_another_writer_waits(
     step = partial(store_module._delete_some, run_ids, 0, others_wait)
     assert await store._transaction(step) == (20, 100, 20)
     assert sorted(r.id for r in await store.list_runs(limit=100)) == run_ids[20:]
+
+    # Not before the step's minimum: a waiting writer cannot reduce it to nothing.
+    monkeypatch.setattr(store_module, "_PRUNE_STEP_MIN_SECONDS", 60.0)
+    monkeypatch.setattr(store_module, "_PRUNE_STEP_SECONDS", 120.0)
+    step = partial(store_module._delete_some, run_ids, 20, lambda: True)
+    assert await store._transaction(step) == (20, 100, 20)
+    assert await store.list_runs(limit=100) == []
 
 
 async def test_a_prune_cut_short_leaves_no_orphans_and_the_next_one_finishes(
