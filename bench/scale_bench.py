@@ -347,6 +347,15 @@ def measure_prune(
     return PruneFigures(removed, seconds, probers, before, db_bytes(database))
 
 
+def run_for(probers: list[Prober], seconds: float) -> None:
+    for prober in probers:
+        prober.start()
+    time.sleep(seconds)
+    for prober in probers:
+        prober.stop.set()
+        prober.join()
+
+
 def bench_history(runs: int, lines_per_run: int, idle_seconds: float) -> None:
     with tempfile.TemporaryDirectory(prefix="rj-scale-") as tmp:
         database = Path(tmp) / "rj.db"
@@ -366,6 +375,9 @@ def bench_history(runs: int, lines_per_run: int, idle_seconds: float) -> None:
             writes = timed(lambda: apply(client), 20)  # the floor of a write, idle
             reading = Prober(daemon.socket_path, inspect_call(runs), 0.0)
             alone = measure_prune(daemon, database, cut, [reading])
+            calm = [Prober(daemon.socket_path, inspect_call(runs), 0.0)]
+            calm.append(Prober(daemon.socket_path, apply, 0.05))
+            run_for(calm, 5.0)  # the same calls without a prune: what the prune adds
             reading = Prober(daemon.socket_path, inspect_call(runs), 0.0)
             writing = Prober(daemon.socket_path, apply, 0.05)
             next_cut = cut + timedelta(minutes=runs // 10)  # the next tenth
@@ -421,6 +433,8 @@ def bench_history(runs: int, lines_per_run: int, idle_seconds: float) -> None:
     row("longest API call during the prune", ms(with_writes.longest()), "< 100 ms")
     row("`run inspect` during it, p50 / p99 / max", spread(with_writes.probers[0].samples), "")
     row("`apply` during it, p50 / p99 / max", spread(with_writes.probers[1].samples), "")
+    row("the same clients, no prune: `run inspect`, p50 / p99 / max", spread(calm[0].samples), "")
+    row("the same clients, no prune: `apply`, p50 / p99 / max", spread(calm[1].samples), "")
     row("`apply` with nothing else running, p50 / p99 / max", spread(writes), "")
     row(
         "database + WAL before → after",
