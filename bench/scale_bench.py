@@ -9,7 +9,9 @@
 - history: a database of RUNS runs and 10 log lines each, written directly with the
   store's schema. `run list -n NS --job J` and `run inspect` through the API (p50/p95),
   the CLI's `run list` wall time, then `namespace prune --older-than` of a tenth of
-  the runs while another client measures how long API calls wait.
+  the runs while a client calls `run inspect` back to back, then of the next tenth
+  while another client also applies a job every 50 ms (a write: the prune's steps
+  take the same writer lock); every call is timed.
 - idle: the daemon on that database with 100 scheduled jobs: RSS and CPU over a quiet
   interval.
 - overhead: what ringjobs adds around Docker's own work for one run, from timestamps:
@@ -35,6 +37,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -347,7 +350,7 @@ def overhead_run(
 
 def build_history(path: Path, runs: int, lines_per_run: int) -> datetime:
     """RUNS finished runs over JOBS jobs, oldest first, one minute apart; returns the
-    finish time of the run at the 10% mark (prune --older-than cuts there)."""
+    finish time of the run at the 10% mark (prune --older-than cuts there, then at 20%)."""
     asyncio.run(_migrate(path))
     now = datetime.now(UTC)
     first = now - timedelta(minutes=runs + 10)
@@ -437,25 +440,88 @@ def timed(call: Callable[[], object], times: int) -> list[float]:
 
 
 class Prober(threading.Thread):
-    """Times `run inspect` calls back to back while something else runs."""
+    """Times one API call back to back (with `pause` between) while something else runs."""
 
-    def __init__(self, socket_path: str, run_ids: int) -> None:
+    def __init__(self, socket_path: str, call: Callable[[Client], object], pause: float) -> None:
         super().__init__(daemon=True)
         self.client = Client(socket_path, retry_for=0)
-        self.run_ids = run_ids
+        self.call = call
+        self.pause = pause
         self.samples: list[float] = []
         self.stop = threading.Event()
 
     def run(self) -> None:
         while not self.stop.is_set():
-            run_id = random.randint(self.run_ids // 2, self.run_ids)
             start = time.perf_counter()
-            self.client.get_run(run_id)
+            self.call(self.client)
             self.samples.append(time.perf_counter() - start)
+            self.stop.wait(self.pause)
+
+
+def inspect_call(run_ids: int) -> Callable[[Client], object]:
+    """`run inspect` of a run the prune keeps."""
+    return lambda client: client.get_run(random.randint(run_ids // 2, run_ids))
+
+
+def apply_call() -> Callable[[Client], object]:
+    """`apply` of one job whose command changes each time: a new revision, a real write."""
+    count = iter(range(1 << 62))
+
+    def apply(client: Client) -> object:
+        job = {"name": "probe", "namespace": f"{NAMESPACE}-probe", "image": IMAGE}
+        job |= {"runtime": "docker", "kind": "job", "command": ["echo", str(next(count))]}
+        manifest = json.dumps({"deployments": {"probe": job}})
+        return client.apply([{"source": "probe.json", "content": manifest}])
+
+    return apply
+
+
+def spread(samples: list[float]) -> str:
+    return " / ".join(ms(percentile(samples, q)) for q in (0.5, 0.99, 1.0))
 
 
 def db_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.parent.glob(path.name + "*"))
+
+
+@dataclass
+class PruneFigures:
+    """One `namespace prune --older-than` while probers call the API."""
+
+    runs: int
+    seconds: float
+    probers: list[Prober]
+    before: int
+    after: int
+
+    def longest(self) -> float:
+        return max(max(p.samples) for p in self.probers)
+
+
+def measure_prune(
+    daemon: Daemon, database: Path, cut: datetime, probers: list[Prober]
+) -> PruneFigures:
+    before = db_bytes(database)
+    for prober in probers:
+        prober.start()
+    start = time.perf_counter()
+    age = int((datetime.now(UTC) - cut).total_seconds())
+    result = daemon.client.prune_namespace(NAMESPACE, older_than=f"{age}s")
+    seconds = time.perf_counter() - start
+    for prober in probers:
+        prober.stop.set()
+        prober.join()
+    removed = len(result.get("run_ids") or [])
+    return PruneFigures(removed, seconds, probers, before, db_bytes(database))
+
+
+def run_for(probers: list[Prober], seconds: float) -> None:
+    for prober in probers:
+        prober.start()
+    time.sleep(seconds)
+    for prober in probers:
+        prober.stop.set()
+        prober.join()
 
 
 def bench_history(runs: int, lines_per_run: int, idle_seconds: float, executable: str) -> None:
@@ -473,17 +539,17 @@ def bench_history(runs: int, lines_per_run: int, idle_seconds: float, executable
             cli = [RINGJOBS, "run", "list", "-n", NAMESPACE, "--job", "job-7"]
             cli_walls = timed(lambda: subprocess.run(cli, env=daemon.env, capture_output=True), 10)
             idle = measure_idle(daemon, Path(tmp), idle_seconds)
-            before = db_bytes(database)
-            prober = Prober(daemon.socket_path, runs)
-            prober.start()
-            start = time.perf_counter()
-            age = int((datetime.now(UTC) - cut).total_seconds())
-            result = client.prune_namespace(NAMESPACE, older_than=f"{age}s")
-            pruned_in = time.perf_counter() - start
-            prober.stop.set()
-            prober.join()
-            after = db_bytes(database)
-    removed = len(result.get("run_ids") or [])
+            apply = apply_call()
+            writes = timed(lambda: apply(client), 20)  # the floor of a write, idle
+            reading = Prober(daemon.socket_path, inspect_call(runs), 0.0)
+            alone = measure_prune(daemon, database, cut, [reading])
+            calm = [Prober(daemon.socket_path, inspect_call(runs), 0.0)]
+            calm.append(Prober(daemon.socket_path, apply, 0.05))
+            run_for(calm, 5.0)  # the same calls without a prune: what the prune adds
+            reading = Prober(daemon.socket_path, inspect_call(runs), 0.0)
+            writing = Prober(daemon.socket_path, apply, 0.05)
+            next_cut = cut + timedelta(minutes=runs // 10)  # the next tenth
+            with_writes = measure_prune(daemon, database, next_cut, [reading, writing])
     header(
         f"History: {runs:,} runs, {runs * lines_per_run:,} log lines "
         f"(fixture built in {built:.0f} s)",
@@ -510,12 +576,37 @@ def bench_history(runs: int, lines_per_run: int, idle_seconds: float, executable
         ms(percentile(cli_walls, 0.95)),
         "< 150 ms",
     )
-    header("Prune", "", "ringjobs", "target")
-    row(f"`namespace prune --older-than` of {removed:,} runs", f"{pruned_in:.1f} s", "< 10 s")
-    row("longest API call during the prune", ms(max(prober.samples or [0.0])), "< 100 ms")
+    header("Prune, while a client calls `run inspect` back to back", "", "ringjobs", "target")
+    row(
+        f"`namespace prune --older-than` of {alone.runs:,} runs", f"{alone.seconds:.1f} s", "< 10 s"
+    )
+    row("longest API call during the prune", ms(alone.longest()), "< 100 ms")
+    row("`run inspect` during it, p50 / p99 / max", spread(alone.probers[0].samples), "")
     row(
         "database + WAL before → after",
-        f"{before / 2**20:.0f} → {after / 2**20:.0f} MiB",
+        f"{alone.before / 2**20:.0f} → {alone.after / 2**20:.0f} MiB",
+        "shrinks",
+    )
+    header(
+        "Prune of the next tenth, with also an `apply` of one job every 50 ms",
+        "",
+        "ringjobs",
+        "target",
+    )
+    row(
+        f"`namespace prune --older-than` of {with_writes.runs:,} runs",
+        f"{with_writes.seconds:.1f} s",
+        "",
+    )
+    row("longest API call during the prune", ms(with_writes.longest()), "< 100 ms")
+    row("`run inspect` during it, p50 / p99 / max", spread(with_writes.probers[0].samples), "")
+    row("`apply` during it, p50 / p99 / max", spread(with_writes.probers[1].samples), "")
+    row("the same clients, no prune: `run inspect`, p50 / p99 / max", spread(calm[0].samples), "")
+    row("the same clients, no prune: `apply`, p50 / p99 / max", spread(calm[1].samples), "")
+    row("`apply` with nothing else running, p50 / p99 / max", spread(writes), "")
+    row(
+        "database + WAL before → after",
+        f"{with_writes.before / 2**20:.0f} → {with_writes.after / 2**20:.0f} MiB",
         "shrinks",
     )
     header(f"Idle: {JOBS} scheduled jobs, {runs:,} runs of history", "", "ringjobs", "target")

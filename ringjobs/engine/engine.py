@@ -498,22 +498,20 @@ class Engine:
         keep_last: int = 0,
         statuses: list[str] | None = None,
     ) -> PruneResult:
-        candidates = await self.store.prunable_runs(
+        found = await self.store.prunable_runs(
             namespace, include_active, older_than, keep_last, statuses
         )
-        ids = [int(c["id"]) for c in candidates]
-        active = [c for c in candidates if c["status"] not in ("completed", "failed", "cancelled")]
+        active = len(found.active)
         if dry_run:  # completions go with their run: list them as the real prune would
-            return PruneResult(
-                namespace, True, await self.store.with_children(ids), 0, 0, 0, len(active)
-            )
-        for row in active:
-            await self._cancel_for_prune(int(row["id"]))
-        ids = [i for i in ids if not self.is_executing(i)]  # never delete a run still executing
+            ids = await self.store.with_children(found.run_ids)
+            return PruneResult(namespace, True, ids, 0, 0, 0, active)
+        for run_id in found.active:
+            await self._cancel_for_prune(run_id)
+        ids = [i for i in found.run_ids if not self.is_executing(i)]  # never one still executing
         ids = [i for i in await self.store.with_children(ids) if not self.is_executing(i)]
         containers = await self._remove_leftovers(set(ids))
         lines, events = await self.store.delete_runs(ids)
-        return PruneResult(namespace, False, ids, lines, events, containers, len(active))
+        return PruneResult(namespace, False, ids, lines, events, containers, active)
 
     async def remove_runs(self, run_ids: list[int]) -> int:
         """Delete finished runs with their logs, events and leftover containers."""

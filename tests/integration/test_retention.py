@@ -62,8 +62,9 @@ async def store(tmp_path: Path) -> AsyncIterator[Store]:
 
 
 async def prunable(store: Store, **options: Any) -> set[int]:
-    rows = await store.prunable_runs("ns", options.pop("include_active", False), **options)
-    return {int(r["id"]) for r in rows}
+    found = await store.prunable_runs("ns", options.pop("include_active", False), **options)
+    assert found.run_ids == sorted(found.run_ids)
+    return set(found.run_ids)
 
 
 def expected(
@@ -110,6 +111,16 @@ async def test_older_than_with_keep_last_keeps_both(store: Store) -> None:
     got = await prunable(store, older_than=cutoff, keep_last=5)
     assert got == expected(runs, keep_last=5, older_than=cutoff)
     assert len(got) == 3 * (PER_JOB - 100)
+
+
+async def test_older_than_alone_takes_the_finished_index_range(store: Store) -> None:
+    runs = await fill(store)
+    cutoff = NOW - timedelta(hours=100)
+    got = await prunable(store, older_than=cutoff)  # prunable_runs_older_than
+    assert got == expected(runs, older_than=cutoff)
+    assert len(got) == 3 * (PER_JOB - 100)
+    failed = await prunable(store, older_than=cutoff, statuses=["failed"])
+    assert failed == expected(runs, statuses=("failed",), older_than=cutoff)
 
 
 async def test_include_active_counts_active_runs_as_newest(store: Store) -> None:
@@ -252,4 +263,28 @@ def test_retention_queries_search_the_job_index(name: str, params: dict[str, Any
             )
         )
     assert "SEARCH runs USING INDEX runs_by_job" in plan, plan
+    assert "SCAN runs" not in plan, plan
+
+
+@pytest.mark.parametrize(
+    ("name", "params", "index"),
+    [
+        (
+            "prunable_runs_older_than",
+            {"namespace": "n", "older_than": "2026", "statuses": None},
+            "runs_by_finished",
+        ),
+        ("child_run_ids", {"ids": "[1, 2]"}, "runs_by_parent"),
+    ],
+)
+def test_prune_selections_search_their_index(name: str, params: dict[str, Any], index: str) -> None:
+    import sqlite3
+
+    from ringjobs.store.queries import queries, schema
+
+    with sqlite3.connect(":memory:") as db:
+        db.executescript(schema())
+        rows = db.execute("EXPLAIN QUERY PLAN " + queries()[name], params)
+        plan = " | ".join(row[3] for row in rows)
+    assert f"INDEX {index}" in plan, plan
     assert "SCAN runs" not in plan, plan

@@ -6,6 +6,7 @@ import asyncio
 import re
 import sqlite3
 from collections.abc import AsyncIterator, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,8 @@ import ringjobs.store.store as store_module
 from ringjobs.exceptions import StoreUnavailable
 from ringjobs.models import JobSpec, NamespaceSpec, RunStatus, Trigger, utcnow
 from ringjobs.store import Store
-from ringjobs.store.queries import schema
+from ringjobs.store.queries import queries, schema
+from ringjobs.store.store import PruneCandidates
 
 SQL_DIR = Path(store_module.__file__).parent / "sql"
 
@@ -67,6 +69,19 @@ def sqlite_master(path: Path) -> list[tuple[str, str, str, str | None]]:
         (r["type"], r["name"], r["tbl_name"], " ".join(r["sql"].split()) if r["sql"] else None)
         for r in found
     ]
+
+
+def count_transactions(store: Store, monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    """The work of every one-hop transaction the store runs from now on."""
+    seen: list[object] = []
+    real = store._transaction
+
+    async def recording(work: Any) -> Any:
+        seen.append(work)
+        return await real(work)
+
+    monkeypatch.setattr(store, "_transaction", recording)
+    return seen
 
 
 def file_size(path: Path) -> int:
@@ -145,6 +160,7 @@ async def test_connection_pragmas(store: Store) -> None:
     assert await pragma(store._writer, "foreign_keys") == 1
     assert await pragma(store._writer, "busy_timeout") == 5000
     assert await pragma(store._writer, "synchronous") == 2  # FULL
+    assert await pragma(store._writer, "secure_delete") == 2  # FAST
     assert await pragma(store._writer, "query_only") == 0
     assert await pragma(store._reader, "query_only") == 1
 
@@ -491,7 +507,7 @@ async def test_a_retried_batch_stores_nothing_twice(store: Store) -> None:
 # -- (g) prune ---------------------------------------------------------------------------
 
 
-async def test_delete_runs_in_batches_and_file_shrinks(
+async def test_delete_runs_in_steps_and_file_shrinks(
     store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     total, keep, lines_per_run = 1200, 100, 30
@@ -512,16 +528,10 @@ async def test_delete_runs_in_batches_and_file_shrinks(
     size_before = file_size(store.path)
     assert size_before > len(rows) * 300
 
-    assert store._writer is not None
-    statements: list[str] = []
-    real_execute = store._writer.execute
-
-    def recording_execute(sql: str, *args: Any) -> Any:
-        statements.append(sql)
-        return real_execute(sql, *args)
-
-    monkeypatch.setattr(store._writer, "execute", recording_execute)
-    monkeypatch.setattr("ringjobs.store.store._PRUNE_BATCH", 500)  # several batches here
+    transactions = count_transactions(store, monkeypatch)
+    monkeypatch.setattr(store_module, "_PRUNE_STEP_SECONDS", 0.0)  # one chunk per step
+    monkeypatch.setattr(store_module, "_PRUNE_CHUNK", 500)
+    monkeypatch.setattr(store_module, "_PRUNE_LINES", 500 * lines_per_run + 1)
     lines, events = await store.delete_runs(doomed)
     monkeypatch.undo()
 
@@ -529,9 +539,7 @@ async def test_delete_runs_in_batches_and_file_shrinks(
     created_events = len(doomed)
     warning_events = len([r for r in run_ids[::3] if r in set(doomed)])
     assert events == created_events + warning_events
-    run_deletes = [s for s in statements if s.startswith("DELETE FROM runs")]
-    assert len(run_deletes) == 3  # 1100 runs in batches of at most 500
-    assert all(s.count("?") <= 500 for s in run_deletes)
+    assert len(transactions) == 3  # 1100 runs in transactions of at most 500
 
     assert await store.get_run(doomed[0]) is None
     assert await store.list_events(doomed[-1]) == []
@@ -545,6 +553,129 @@ async def test_delete_runs_in_batches_and_file_shrinks(
     with plain(store.path) as db:
         assert db.execute("PRAGMA freelist_count").fetchone()[0] == 0
         assert db.execute("SELECT count(*) FROM log_lines").fetchone()[0] == keep * lines_per_run
+
+
+async def runs_with_logs(store: Store, runs: int, lines: int) -> list[int]:
+    run_ids = [await store.create_run(spec(), 1, Trigger.MANUAL, None) for _ in range(runs)]
+    rows = [(r, seq, 1, "stdout", seq, "a line") for r in run_ids for seq in range(1, lines + 1)]
+    await store.append_logs(rows, {})
+    return run_ids
+
+
+def orphans(path: Path) -> int:
+    """Log lines and events whose run is gone."""
+    with plain(path) as db:
+        return sum(
+            db.execute(
+                f"SELECT count(*) FROM {table} WHERE run_id NOT IN (SELECT id FROM runs)"
+            ).fetchone()[0]
+            for table in ("log_lines", "run_events")
+        )
+
+
+async def test_a_long_log_is_deleted_over_several_steps(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    long, short = await runs_with_logs(store, 2, 12_000)
+    transactions = count_transactions(store, monkeypatch)
+    monkeypatch.setattr(store_module, "_PRUNE_STEP_SECONDS", 0.0)
+    monkeypatch.setattr(store_module, "_PRUNE_LINES", 1000)
+    assert await store.delete_runs([long]) == (12_000, 1)
+    monkeypatch.undo()
+    assert len(transactions) == 13  # 12 bites of its log, then the rest of the run
+    assert await store.get_run(long) is None
+    assert len(await store.read_logs(short, limit=20_000)) == 12_000
+    assert orphans(store.path) == 0
+
+
+async def test_a_prune_step_ends_early_when_another_writer_waits(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run_ids = await runs_with_logs(store, 40, 5)
+    monkeypatch.setattr(store_module, "_PRUNE_CHUNK", 10)
+    monkeypatch.setattr(store_module, "_PRUNE_STEP_MIN_SECONDS", 0.0)
+    waiting = [False, True]  # someone queues for the lock during the second chunk
+
+    def others_wait() -> bool:
+        return waiting.pop(0) if waiting else True
+
+    step = partial(store_module._delete_some, run_ids, 0, others_wait)
+    assert await store._transaction(step) == (20, 100, 20)
+    assert sorted(r.id for r in await store.list_runs(limit=100)) == run_ids[20:]
+
+    # Not before the step's minimum: a waiting writer cannot reduce it to nothing.
+    monkeypatch.setattr(store_module, "_PRUNE_STEP_MIN_SECONDS", 60.0)
+    monkeypatch.setattr(store_module, "_PRUNE_STEP_SECONDS", 120.0)
+    step = partial(store_module._delete_some, run_ids, 20, lambda: True)
+    assert await store._transaction(step) == (20, 100, 20)
+    assert await store.list_runs(limit=100) == []
+
+
+async def test_a_prune_cut_short_leaves_no_orphans_and_the_next_one_finishes(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run_ids = await runs_with_logs(store, 30, 20)
+    real = store._transaction
+    steps = 0
+
+    async def dies_at_the_fifth_step(work: Any) -> Any:
+        nonlocal steps
+        steps += 1
+        if steps == 5:
+            raise RuntimeError("the daemon died here")
+        return await real(work)
+
+    monkeypatch.setattr(store, "_transaction", dies_at_the_fifth_step)
+    monkeypatch.setattr(store_module, "_PRUNE_STEP_SECONDS", 0.0)
+    monkeypatch.setattr(store_module, "_PRUNE_CHUNK", 10)
+    monkeypatch.setattr(store_module, "_PRUNE_LINES", 70)
+    with pytest.raises(RuntimeError):
+        await store.delete_runs(run_ids)
+    monkeypatch.setattr(store, "_transaction", real)
+
+    # Steps 1-3: the first 10 runs (their 200 lines in bites of 70, then their rows).
+    # Step 4: 70 lines of the next 10, whose rows all stay until their last step.
+    left = sorted(r.id for r in await store.list_runs(limit=100))
+    assert left == run_ids[10:]
+    assert orphans(store.path) == 0
+    assert [len(await store.list_events(r)) for r in left] == [1] * 20
+    logs = [len(await store.read_logs(r)) for r in left]
+    assert logs == [0] * 3 + [10] + [20] * 16
+
+    assert await store.delete_runs(left) == (20 * 20 - 70, 20)
+    assert await store.list_runs(limit=100) == []
+    assert orphans(store.path) == 0
+
+
+async def test_freed_pages_go_back_in_short_steps(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    doomed = await runs_with_logs(store, 50, 400)
+    kept = await runs_with_logs(store, 1, 400)
+    with plain(store.path) as db:
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    size_before = file_size(store.path)
+    calls: list[Any] = []
+    real = store._on_writer
+
+    async def recording(call: Any) -> Any:
+        calls.append(call)
+        return await real(call)
+
+    monkeypatch.setattr(store, "_on_writer", recording)
+    monkeypatch.setattr(store_module, "_VACUUM_STEP_SECONDS", 0.0)  # the smallest steps
+    monkeypatch.setattr(store_module, "_VACUUM_FIRST_PAGES", 16)
+    await store.delete_runs(doomed)
+    monkeypatch.undo()
+
+    steps = [c.args[0] for c in calls if getattr(c, "func", None) is store_module._vacuum]
+    assert len(steps) > 3, steps
+    assert steps[:-1] == [store_module._VACUUM_MIN_PAGES] * (len(steps) - 1), steps
+    assert 0 < steps[-1] <= store_module._VACUUM_MIN_PAGES, steps
+    with plain(store.path) as db:
+        assert db.execute("PRAGMA freelist_count").fetchone()[0] == 0
+    assert file_size(store.path) < size_before / 4, (size_before, file_size(store.path))
+    assert len(await store.read_logs(kept[0], limit=1000)) == 400
 
 
 async def test_delete_runs_of_nothing(store: Store) -> None:
@@ -582,14 +713,11 @@ async def test_prunable_runs(store: Store) -> None:
     active = await store.create_run(spec(), 1, Trigger.MANUAL, None)
     await store.create_run(spec(namespace="other"), 1, Trigger.MANUAL, None)
     await store.update_run(done, status=RunStatus.COMPLETED, container_id="c1")
-    finished = await store.prunable_runs("ns", include_active=False)
-    assert [(r["id"], r["container_id"], r["status"]) for r in finished] == [
-        (done, "c1", "completed")
-    ]
-    assert [r["id"] for r in await store.prunable_runs("ns", include_active=True)] == [
-        done,
-        active,
-    ]
+    assert await store.prunable_runs("ns", include_active=False) == PruneCandidates([done], [])
+    assert await store.prunable_runs("ns", include_active=True) == PruneCandidates(
+        [done, active], [active]
+    )
+    assert await store.prunable_runs("none", include_active=True) == PruneCandidates([], [])
 
 
 # -- (h) unwritable database -------------------------------------------------------------
@@ -828,18 +956,16 @@ async def test_log_reads_use_the_log_index(store: Store, monkeypatch: pytest.Mon
         assert "log_lines_by_run" in plan, plan
 
 
-async def test_prune_deletes_use_indexes(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
-    run_ids = [await store.create_run(spec(), 1, Trigger.MANUAL, None) for _ in range(3)]
-
-    async def action() -> None:
-        await store.delete_runs(run_ids)
-
-    # Planned after the deletes ran; the plan does not depend on the rows present.
-    plans = await query_plans(store, monkeypatch, action, connection="_writer")
-    assert len(plans) == 4  # log_lines, run_events, run_sources, runs
-    for plan in plans:
-        assert "SCAN" not in plan, plan
-        assert "INDEX" in plan or "INTEGER PRIMARY KEY" in plan, plan
+@pytest.mark.parametrize(
+    "name", ["delete_log_lines", "delete_run_events", "delete_run_sources", "delete_runs"]
+)
+def test_prune_deletes_use_indexes(name: str) -> None:
+    with sqlite3.connect(":memory:") as db:
+        db.executescript(schema())
+        params = {"ids": "[1, 2]", "limit": 10}
+        plan = " | ".join(r[3] for r in db.execute("EXPLAIN QUERY PLAN " + queries()[name], params))
+    assert not re.search(r"SCAN (runs|log_lines|run_events|run_sources)\b", plan), plan
+    assert "INDEX" in plan or "INTEGER PRIMARY KEY" in plan, plan
 
 
 async def test_concurrent_writes_are_serialised(store: Store) -> None:
