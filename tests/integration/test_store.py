@@ -73,14 +73,19 @@ def sqlite_master(path: Path) -> list[tuple[str, str, str, str | None]]:
 
 def count_transactions(store: Store, monkeypatch: pytest.MonkeyPatch) -> list[object]:
     """The work of every one-hop transaction the store runs from now on."""
-    seen: list[object] = []
-    real = store._transaction
+    return record_calls(store, "_transaction", monkeypatch)
+
+
+def record_calls(store: Store, method: str, monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """What the store passes to one of its writer methods from now on, in order."""
+    seen: list[Any] = []
+    real = getattr(store, method)
 
     async def recording(work: Any) -> Any:
         seen.append(work)
         return await real(work)
 
-    monkeypatch.setattr(store, "_transaction", recording)
+    monkeypatch.setattr(store, method, recording)
     return seen
 
 
@@ -655,14 +660,7 @@ async def test_freed_pages_go_back_in_short_steps(
     with plain(store.path) as db:
         db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     size_before = file_size(store.path)
-    calls: list[Any] = []
-    real = store._on_writer
-
-    async def recording(call: Any) -> Any:
-        calls.append(call)
-        return await real(call)
-
-    monkeypatch.setattr(store, "_on_writer", recording)
+    calls = record_calls(store, "_on_writer", monkeypatch)
     monkeypatch.setattr(store_module, "_VACUUM_STEP_SECONDS", 0.0)  # the smallest steps
     monkeypatch.setattr(store_module, "_VACUUM_FIRST_PAGES", 16)
     await store.delete_runs(doomed)
