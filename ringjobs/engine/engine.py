@@ -507,7 +507,8 @@ class Engine:
             return PruneResult(namespace, True, ids, 0, 0, 0, active)
         for run_id in found.active:
             await self._cancel_for_prune(run_id)
-        ids = [i for i in found.run_ids if not self.is_executing(i)]  # never one still executing
+        # Never delete a run still executing.
+        ids = [i for i in found.run_ids if not self.is_executing(i)]
         ids = [i for i in await self.store.with_children(ids) if not self.is_executing(i)]
         containers = await self._remove_leftovers(set(ids))
         lines, events = await self.store.delete_runs(ids)
