@@ -191,7 +191,7 @@ def wait_for_daemon(daemon: Daemon) -> Daemon:
 
 
 def clean_docker(namespace: str = NAMESPACE, *more_labels: str) -> None:
-    """Remove the containers labelled with the namespace (or more_labels), and its network."""
+    """Remove the containers labelled with these namespaces, then their networks."""
     for label in (namespace, *more_labels):
         ids = subprocess.run(
             ["docker", "ps", "-aq", "--filter", f"label=io.ringjobs.namespace={label}"],
@@ -201,10 +201,11 @@ def clean_docker(namespace: str = NAMESPACE, *more_labels: str) -> None:
         ).stdout.split()
         if ids:
             subprocess.run(["docker", "rm", "-f", *ids], capture_output=True, check=True)
-    network = f"ringjobs_{namespace}"
-    done = subprocess.run(["docker", "network", "rm", network], capture_output=True, text=True)
-    if done.returncode and "not found" not in done.stderr:  # e.g. moby#43286, see README
-        print(f"warning: {network} left behind: {done.stderr.strip()}", file=sys.stderr)
+    for label in (namespace, *more_labels):
+        network = f"ringjobs_{label}"
+        done = subprocess.run(["docker", "network", "rm", network], capture_output=True, text=True)
+        if done.returncode and "not found" not in done.stderr:  # e.g. moby#43286, see README
+            print(f"warning: {network} left behind: {done.stderr.strip()}", file=sys.stderr)
 
 
 # -- one run of each kind --------------------------------------------------------------

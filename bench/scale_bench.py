@@ -667,7 +667,7 @@ def main() -> None:
         if "overhead" in only:
             bench_overhead(20 if args.quick else 100, daemon)
     finally:
-        clean_docker(NAMESPACE, f"{NAMESPACE}-docker")
+        clean_docker(NAMESPACE, f"{NAMESPACE}-docker", f"{NAMESPACE}-probe")
 
 
 if __name__ == "__main__":
