@@ -30,14 +30,6 @@ def _isolated_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-def daemon() -> Iterator[FakeDaemon]:
-    fake = FakeDaemon()
-    fake.start()
-    yield fake
-    fake.close()
-
-
-@pytest.fixture
 def utc() -> Iterator[None]:
     saved = os.environ.get("TZ")
     os.environ["TZ"] = "UTC"

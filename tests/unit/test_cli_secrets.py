@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,14 +12,6 @@ from test_client import Answer, FakeDaemon
 from ringjobs import cli
 
 PROBLEM = "application/problem+json"
-
-
-@pytest.fixture
-def daemon() -> Iterator[FakeDaemon]:
-    fake = FakeDaemon()
-    fake.start()
-    yield fake
-    fake.close()
 
 
 def ringjobs(daemon: FakeDaemon, *args: str) -> int:

@@ -14,7 +14,7 @@ import socketserver
 import tempfile
 import threading
 import urllib.parse
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -154,11 +154,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
 
 @pytest.fixture
-def fake() -> Iterator[FakeDaemon]:
-    daemon = FakeDaemon()
-    daemon.start()
-    yield daemon
-    daemon.close()
+def fake(daemon: FakeDaemon) -> FakeDaemon:
+    """The shared fake daemon (conftest), under the name these client tests use."""
+    return daemon
 
 
 def run(run_id: int = 7, status: str = "completed", **fields: Any) -> dict[str, Any]:
