@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from test_engine_docker import Harness, containers_of
 
 from ringjobs.engine.retention import HistoryKeeper
 from ringjobs.models import HistoryLimit, JobSpec, RunStatus
@@ -193,52 +194,38 @@ async def test_status_values_are_bound_not_spliced(store: Store) -> None:
 
 
 @pytest.mark.docker
-async def test_history_limit_applies_after_each_real_run(namespace: str, tmp_path: Path) -> None:
-    from test_engine_docker import Harness, containers_of, make_config
-
-    harness = Harness(make_config(tmp_path), namespace)
-    await harness.start()
-    try:
-        ok = harness.spec("ok", ["true"], history_limit=HistoryLimit(succeeded=1, failed=1))
-        bad = harness.spec("ok", ["false"], history_limit=HistoryLimit(succeeded=1, failed=1))
-        await harness.store.apply([], [ok], lambda _s, _a: False, None)
-        for spec in (ok, ok, bad, bad, ok):
-            run_id = await harness.submit(spec)
-            await harness.finished(run_id)
-            await harness.engine.history.idle()
-        left = await harness.store.list_runs(namespace=namespace)
-        assert [r.status for r in left] == [RunStatus.COMPLETED, RunStatus.FAILED]
-        assert left[0].id == run_id  # the newest of each kind stays
-        assert containers_of(namespace) == []
-    finally:
-        await harness.stop()
+async def test_history_limit_applies_after_each_real_run(namespace: str, harness: Harness) -> None:
+    ok = harness.spec("ok", ["true"], history_limit=HistoryLimit(succeeded=1, failed=1))
+    bad = harness.spec("ok", ["false"], history_limit=HistoryLimit(succeeded=1, failed=1))
+    await harness.store.apply([], [ok], lambda _s, _a: False, None)
+    for spec in (ok, ok, bad, bad, ok):
+        run_id = await harness.submit(spec)
+        await harness.finished(run_id)
+        await harness.engine.history.idle()
+    left = await harness.store.list_runs(namespace=namespace)
+    assert [r.status for r in left] == [RunStatus.COMPLETED, RunStatus.FAILED]
+    assert left[0].id == run_id  # the newest of each kind stays
+    assert containers_of(namespace) == []
 
 
 @pytest.mark.docker
 async def test_prune_keep_last_removes_older_runs_and_their_kept_containers(
-    namespace: str, tmp_path: Path
+    namespace: str, harness: Harness
 ) -> None:
-    from test_engine_docker import Harness, containers_of, make_config
-
-    harness = Harness(make_config(tmp_path), namespace)
-    await harness.start()
-    try:
-        kept = harness.spec("kept", ["true"], keep_container_seconds=600)
-        first = await harness.run(kept)
-        second = await harness.run(kept)
-        failed = await harness.run(harness.spec("other", ["false"]))
-        assert len(containers_of(namespace)) == 2
-        dry = await harness.engine.prune(namespace, False, True, keep_last=1)
-        assert (dry.run_ids, dry.containers_removed) == ([first.id], 0)
-        assert len(containers_of(namespace)) == 2
-        only_failed = await harness.engine.prune(namespace, False, False, statuses=["failed"])
-        assert only_failed.run_ids == [failed.id]
-        result = await harness.engine.prune(namespace, False, False, keep_last=1)
-        assert (result.run_ids, result.containers_removed) == ([first.id], 1)
-        assert [r.id for r in await harness.store.list_runs(namespace=namespace)] == [second.id]
-        assert len(containers_of(namespace)) == 1
-    finally:
-        await harness.stop()
+    kept = harness.spec("kept", ["true"], keep_container_seconds=600)
+    first = await harness.run(kept)
+    second = await harness.run(kept)
+    failed = await harness.run(harness.spec("other", ["false"]))
+    assert len(containers_of(namespace)) == 2
+    dry = await harness.engine.prune(namespace, False, True, keep_last=1)
+    assert (dry.run_ids, dry.containers_removed) == ([first.id], 0)
+    assert len(containers_of(namespace)) == 2
+    only_failed = await harness.engine.prune(namespace, False, False, statuses=["failed"])
+    assert only_failed.run_ids == [failed.id]
+    result = await harness.engine.prune(namespace, False, False, keep_last=1)
+    assert (result.run_ids, result.containers_removed) == ([first.id], 1)
+    assert [r.id for r in await harness.store.list_runs(namespace=namespace)] == [second.id]
+    assert len(containers_of(namespace)) == 1
 
 
 @pytest.mark.parametrize(
