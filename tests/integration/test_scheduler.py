@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from test_engine_docker import IMAGE, Harness
 
 from ringjobs.engine.scheduler import MAX_SLEEP, Scheduler, load_schedules
 from ringjobs.exceptions import StoreUnavailable
@@ -326,12 +327,8 @@ async def test_a_daily_02_30_paris_job_runs_once_on_spring_forward_day(world: Wo
 
 @pytest.mark.docker
 async def test_a_fire_runs_the_job_in_docker_with_trigger_schedule(
-    namespace: str, tmp_path: Path
+    namespace: str, harness: Harness
 ) -> None:
-    from test_engine_docker import IMAGE, Harness, make_config
-
-    harness = Harness(make_config(tmp_path), namespace)
-    await harness.start()
     clock = FakeClock(T0)
     scheduler = Scheduler(harness.engine, clock)
     try:
@@ -349,7 +346,6 @@ async def test_a_fire_runs_the_job_in_docker_with_trigger_schedule(
         assert "scheduled" in await harness.event_types(run.id)
     finally:
         await scheduler.stop()
-        await harness.stop()
 
 
 async def test_a_fire_that_hits_a_store_error_is_retried_and_others_still_fire(
