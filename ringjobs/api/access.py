@@ -25,10 +25,12 @@ from aiohttp import web
 from ringjobs.config import Config
 from ringjobs.exceptions import Forbidden, RequestTimeout, TooManyRequests
 from ringjobs.store import Store
+from ringjobs.store.store import RequestAudit
 
 log = structlog.get_logger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+AUDIT_KEY = web.RequestKey("audit", RequestAudit)  # for handlers that create a run
 
 _READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 # Handlers that bound their own duration (a wait is capped; streams end with the run).
@@ -77,6 +79,12 @@ def access_middleware(config: Config, store: Store) -> Any:
         if request.method in _READ_METHODS or action is None:
             return await handler(request)
         caller = caller_of(request)
+        audit = request[AUDIT_KEY] = RequestAudit(
+            caller.uid if caller else None,
+            caller.pid if caller else None,
+            action,
+            request.path[:500],
+        )
         try:
             if allowed is not None and (caller is None or caller.uid not in allowed):
                 who = f"uid {caller.uid}" if caller else "a caller without peer credentials"
@@ -86,9 +94,9 @@ def access_middleware(config: Config, store: Store) -> Any:
                 )
             response = await handler(request)
         except Exception as exc:
-            await _audit(store, request, action, caller, getattr(exc, "status", 500), None)
+            await _audit(store, request, audit, getattr(exc, "status", 500), None)
             raise
-        await _audit(store, request, action, caller, response.status, response)
+        await _audit(store, request, audit, response.status, response)
         return response
 
     return middleware
@@ -97,30 +105,25 @@ def access_middleware(config: Config, store: Store) -> Any:
 async def _audit(
     store: Store,
     request: web.Request,
-    action: str,
-    caller: Caller | None,
+    audit: RequestAudit,
     status: int,
     response: web.StreamResponse | None,
 ) -> None:
+    if audit.written_with is not None:  # stored with the run the request created
+        event = audit.event(audit.status, audit.written_with, {})
+        log.info("audit", **{k: v for k, v in event.items() if k != "data"})
+        return
     data = _summary(response)
     run_id = data.pop("id", None)
     raw_id = request.match_info.get("id", "")
     if run_id is None and raw_id.isascii() and raw_id.isdigit() and len(raw_id) <= 18:
         run_id = int(raw_id)
-    event = {
-        "caller_uid": caller.uid if caller else None,
-        "caller_pid": caller.pid if caller else None,
-        "action": action,
-        "target": request.path[:500],
-        "status": status,
-        "run_id": run_id,
-        "data": data,
-    }
+    event = audit.event(status, run_id, data)
     log.info("audit", **{k: v for k, v in event.items() if k != "data"})
     try:
-        await store.add_audit_event(event, _runs_touched(action, status, run_id, data))
+        await store.add_audit_event(event, _runs_touched(audit.action, status, run_id, data))
     except Exception:  # the change happened: a failed record must not turn it into an error
-        log.exception("audit_write_failed", action=action)
+        log.exception("audit_write_failed", action=audit.action)
 
 
 def _runs_touched(action: str, status: int, run_id: int | None, data: dict[str, Any]) -> list[int]:

@@ -13,6 +13,7 @@ from aiohttp import web
 
 from ringjobs import __version__
 from ringjobs.api.access import (
+    AUDIT_KEY,
     StreamAborted,
     StreamSlots,
     access_middleware,
@@ -30,7 +31,7 @@ from ringjobs.manifest import ManifestSource, apply_overrides, exec_spec, load_m
 from ringjobs.models import JobSpec, Run, RunStatus, parse_time, utcnow
 from ringjobs.store import StoredJob
 from ringjobs.store.schedules import ScheduleStore
-from ringjobs.store.store import ApplyOutcome
+from ringjobs.store.store import ApplyOutcome, RequestAudit
 from ringjobs.units import UnitError, parse_duration
 
 _MAX_ID_DIGITS = 18  # fits SQLite's 64-bit integers
@@ -89,6 +90,11 @@ def _engine(request: web.Request) -> Engine:
 
 def _json(data: Any, status: int = 200) -> web.Response:
     return web.json_response(data, status=status)
+
+
+def _audit(request: web.Request) -> RequestAudit | None:
+    """The request's audit record, for a handler whose run carries it (see access)."""
+    return request.get(AUDIT_KEY)
 
 
 def peer_uid(request: web.Request) -> int | None:
@@ -248,7 +254,7 @@ async def start_job_run(request: web.Request) -> web.Response:
     engine = _engine(request)
     ns, name = request.match_info["ns"], request.match_info["name"]
     customize = _overrides(await _body(request, required=False), engine)
-    run = await engine.start_job_run(ns, name, peer_uid(request), customize)
+    run = await engine.start_job_run(ns, name, peer_uid(request), customize, _audit(request))
     return _json(run.to_api(), status=201)
 
 
@@ -256,7 +262,7 @@ async def rerun(request: web.Request) -> web.Response:
     engine = _engine(request)
     source = await _require_run(engine, request.match_info["id"])
     customize = _overrides(await _body(request, required=False), engine)
-    run = await engine.rerun(source.id, peer_uid(request), customize)
+    run = await engine.rerun(source.id, peer_uid(request), customize, _audit(request))
     return _json(run.to_api(), status=201)
 
 
@@ -364,7 +370,7 @@ async def exec_run(request: web.Request) -> web.Response:
     engine = _engine(request)
     body = await _body(request)
     spec = await asyncio.to_thread(exec_spec, body, engine.config.policy, engine.config.defaults)
-    run = await engine.exec_run(spec, peer_uid(request))
+    run = await engine.exec_run(spec, peer_uid(request), _audit(request))
     return _json(run.to_api(), status=201)
 
 

@@ -29,7 +29,7 @@ from ringjobs.models import JobSpec, Run, RunStatus, StopIntent, Trigger, utcnow
 from ringjobs.runtime.base import LABEL_ATTEMPT, LABEL_RUN, ContainerState, Runtime
 from ringjobs.store import Store
 from ringjobs.store.schedules import ScheduledFire
-from ringjobs.store.store import ApplyOutcome
+from ringjobs.store.store import ApplyOutcome, RequestAudit
 from ringjobs.units import parse_duration, parse_memory
 
 if TYPE_CHECKING:
@@ -375,13 +375,14 @@ class Engine:
         name: str,
         caller_uid: int | None,
         customize: Callable[[JobSpec], JobSpec] = lambda spec: spec,
+        audit: RequestAudit | None = None,
     ) -> Run:
         """A run of the job's current revision (trigger manual), with per-run overrides."""
         job = await self.store.get_job(namespace, name)
         if job is None:
             raise NotFound(f"job {namespace}/{name} does not exist; apply its manifest first")
         spec = customize(job.spec)
-        return await self._start(spec, job.revision, Trigger.MANUAL, caller_uid)
+        return await self._start(spec, job.revision, Trigger.MANUAL, caller_uid, audit=audit)
 
     async def start_scheduled_run(self, namespace: str, name: str, fire: ScheduledFire) -> Run:
         """A run for one fire of the job's schedule (trigger schedule), under its policy.
@@ -398,11 +399,12 @@ class Engine:
         run_id: int,
         caller_uid: int | None,
         customize: Callable[[JobSpec], JobSpec] = lambda spec: spec,
+        audit: RequestAudit | None = None,
     ) -> Run:
         """Replay a run's immutable snapshot (trigger rerun), with per-run overrides."""
         source = await self._run(run_id)
         spec = customize(source.spec)
-        return await self._start(spec, source.revision, Trigger.RERUN, caller_uid)
+        return await self._start(spec, source.revision, Trigger.RERUN, caller_uid, audit=audit)
 
     async def _start(
         self,
@@ -411,6 +413,7 @@ class Engine:
         trigger: Trigger,
         caller_uid: int | None,
         fire: ScheduledFire | None = None,
+        audit: RequestAudit | None = None,
     ) -> Run:
         run_id = await self.store.create_run(
             spec,
@@ -419,6 +422,7 @@ class Engine:
             caller_uid,
             refuse_if_active=spec.concurrency_policy == "Forbid",
             fire=fire,
+            audit=audit,
         )
         self.enqueue(run_id, spec)
         await self._replace_others(spec, run_id)
@@ -436,9 +440,11 @@ class Engine:
         await self.store.delete_job(namespace, name)
         self.jobs_changed.set()
 
-    async def exec_run(self, spec: JobSpec, caller_uid: int | None) -> Run:
+    async def exec_run(
+        self, spec: JobSpec, caller_uid: int | None, audit: RequestAudit | None = None
+    ) -> Run:
         """Start a one-off run (trigger exec): no job definition, always allowed to run."""
-        run_id = await self.store.create_run(spec, 0, Trigger.EXEC, caller_uid)
+        run_id = await self.store.create_run(spec, 0, Trigger.EXEC, caller_uid, audit=audit)
         self.enqueue(run_id, spec)
         return await self._run(run_id)
 

@@ -134,6 +134,35 @@ class SealedSecret:
     ciphertext: bytes
 
 
+@dataclass
+class RequestAudit:
+    """The audit record of one mutating API request, before its outcome is known.
+
+    A request that creates a run hands it to `create_run`, which writes it (answer
+    `status`, the new run id) in the run's own transaction and sets `written_with`:
+    one commit less before the claim and Docker's create. Otherwise the API writes it
+    once the answer is known (`add_audit_event`).
+    """
+
+    caller_uid: int | None
+    caller_pid: int | None
+    action: str
+    target: str
+    status: int = 201  # what the request answers when its run is created
+    written_with: int | None = None  # the run it was written with
+
+    def event(self, status: int, run_id: int | None, data: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "caller_uid": self.caller_uid,
+            "caller_pid": self.caller_pid,
+            "action": self.action,
+            "target": self.target,
+            "status": status,
+            "run_id": run_id,
+            "data": data,
+        }
+
+
 @dataclass(frozen=True)
 class StoredJob:
     spec: JobSpec
@@ -437,10 +466,12 @@ class Store:
         caller_uid: int | None,
         refuse_if_active: bool = False,
         fire: ScheduledFire | None = None,
+        audit: RequestAudit | None = None,
     ) -> int:
         """Insert a pending run; with refuse_if_active, raise Conflict instead if the job has
         an unfinished run. Check and insert share one transaction, so no race gets through.
-        With a schedule fire, the fire is claimed in it too (FireAlreadyHandled if taken)."""
+        With a schedule fire, the fire is claimed in it too (FireAlreadyHandled if taken);
+        with the request's audit record, that record and the run's `caller` event too."""
         params = _run_params(spec, revision, trigger, caller_uid)
         namespace = _namespace_params(spec.namespace, None, params["now"], False)
         key = {"namespace": spec.namespace, "job": spec.name}
@@ -465,9 +496,16 @@ class Store:
                 conn.execute(
                     _q("insert_event"), _event_params(run_id, "scheduled", fire.message, scheduled)
                 )
+            if audit is not None:
+                event = audit.event(audit.status, run_id, {})
+                for statement, values in _audit_statements(event, [run_id]):
+                    conn.execute(statement, values)
             return run_id
 
-        return await self._transaction(write)
+        run_id = await self._transaction(write)
+        if audit is not None:
+            audit.written_with = run_id
+        return run_id
 
     async def create_child_run(self, parent: Run, index: int, spec: JobSpec) -> int:
         """The run of completion `index` of a fan-out run; a second call adds nothing."""
@@ -815,13 +853,13 @@ class Store:
     async def add_audit_event(self, event: dict[str, Any], run_ids: Sequence[int] = ()) -> None:
         """One mutating request (caller_uid, caller_pid, action, target, status, run_id, data),
         and a `caller` event on each run it created or cancelled, in one transaction."""
-        params = {**event, "time": format_time(utcnow()), "data": json.dumps(event["data"])}
-        who = f"uid {event['caller_uid']} (pid {event['caller_pid']})"
-        data = {k: event[k] for k in ("action", "caller_uid", "caller_pid")}
-        async with self._write() as db:
-            await db.execute(_q("insert_audit_event"), params)
-            for run_id in run_ids:
-                await _insert_event(db, run_id, "caller", f"{event['action']} by {who}", data)
+        statements = _audit_statements(event, run_ids)
+
+        def write(conn: sqlite3.Connection) -> None:
+            for statement, values in statements:
+                conn.execute(statement, values)
+
+        await self._transaction(write)
 
     async def list_audit_events(
         self, run_id: int | None, before: int | None, limit: int
@@ -1000,6 +1038,19 @@ def _event_params(run_id: int, type_: str, message: str, data: dict[str, Any]) -
         "message": message,
         "data": json.dumps(data),
     }
+
+
+def _audit_statements(
+    event: dict[str, Any], run_ids: Sequence[int]
+) -> list[tuple[str, dict[str, Any]]]:
+    """The audit record and a `caller` event on each run the request created or cancelled."""
+    params = {**event, "time": format_time(utcnow()), "data": json.dumps(event["data"])}
+    who = f"uid {event['caller_uid']} (pid {event['caller_pid']})"
+    data = {k: event[k] for k in ("action", "caller_uid", "caller_pid")}
+    message = f"{event['action']} by {who}"
+    return [(_q("insert_audit_event"), params)] + [
+        (_q("insert_event"), _event_params(run_id, "caller", message, data)) for run_id in run_ids
+    ]
 
 
 class _Deleted(NamedTuple):

@@ -14,11 +14,11 @@ import aiosqlite
 import pytest
 
 import ringjobs.store.store as store_module
-from ringjobs.exceptions import StoreUnavailable
+from ringjobs.exceptions import Conflict, StoreUnavailable
 from ringjobs.models import JobSpec, NamespaceSpec, RunStatus, Trigger, utcnow
 from ringjobs.store import Store
 from ringjobs.store.queries import queries, schema
-from ringjobs.store.store import PruneCandidates
+from ringjobs.store.store import PruneCandidates, RequestAudit
 
 SQL_DIR = Path(store_module.__file__).parent / "sql"
 
@@ -980,3 +980,24 @@ async def test_concurrent_writes_are_serialised(store: Store) -> None:
             "note",
             "started",
         ]
+
+
+async def test_a_request_audit_goes_with_the_run_it_creates_or_not_at_all(store: Store) -> None:
+    forbid = spec(concurrency_policy="Forbid")
+    audit = RequestAudit(0, 42, "start_job_run", "/v1/jobs/ns/job/runs")
+    run_id = await store.create_run(
+        forbid, 1, Trigger.MANUAL, 0, refuse_if_active=True, audit=audit
+    )
+    assert audit.written_with == run_id
+    refused = RequestAudit(0, 43, "start_job_run", "/v1/jobs/ns/job/runs")
+    with pytest.raises(Conflict):  # the first run is still pending
+        await store.create_run(forbid, 1, Trigger.MANUAL, 0, refuse_if_active=True, audit=refused)
+    assert refused.written_with is None  # rolled back with the run: the API records the 409
+    records = await store.list_audit_events(None, None, 10)
+    assert [(r["caller_pid"], r["status"], r["run_id"], r["data"]) for r in records] == [
+        (42, 201, run_id, {})
+    ]
+    callers = [e for e in await store.list_events(run_id) if e.type == "caller"]
+    assert [(e.data["caller_pid"], e.message) for e in callers] == [
+        (42, "start_job_run by uid 0 (pid 42)")
+    ]

@@ -297,3 +297,31 @@ def _wait_until(check: Any, within: float = 10) -> None:
     while not check():
         assert time.monotonic() < deadline, "condition not reached in time"
         time.sleep(0.05)
+
+
+def test_a_request_that_creates_a_run_is_recorded_once_with_its_run(short_tmp: Path) -> None:
+    with ApiServer(short_tmp) as server:
+        exec_body = {"namespace": "acc", "image": "none:1", "command": ["true"]}
+        status, _, made = call(server, "POST", "/v1/exec", exec_body)
+        assert status == 201, made
+        wait_terminal(server, made["id"])
+        status, _, again = call(server, "POST", f"/v1/runs/{made['id']}/rerun", {})
+        assert status == 201, again
+        wait_terminal(server, again["id"])
+        status, _, _ = call(server, "POST", "/v1/jobs/acc/missing/runs", {})
+        assert status == 404
+
+        _, _, audit = call(server, "GET", "/v1/audit")
+        uid = os.getuid()
+        assert [
+            (e["action"], e["caller_uid"], e["status"], e["run_id"], e["data"])
+            for e in reversed(audit["events"])
+        ] == [
+            ("exec_run", uid, 201, made["id"], {}),
+            ("rerun", uid, 201, again["id"], {}),
+            ("start_job_run", uid, 404, None, {}),
+        ]
+        for run_id, action in ((made["id"], "exec_run"), (again["id"], "rerun")):
+            events = server.call(server.store.list_events(run_id))
+            assert [e.type for e in events][:2] == ["created", "caller"]  # one transaction
+            assert [e.data["action"] for e in events if e.type == "caller"] == [action]
