@@ -109,9 +109,8 @@ async def _audit(
     status: int,
     response: web.StreamResponse | None,
 ) -> None:
-    if audit.written_with is not None:  # stored with the run the request created
-        event = audit.event(audit.status, audit.written_with, {})
-        log.info("audit", **{k: v for k, v in event.items() if k != "data"})
+    if audit.written is not None:  # stored with the runs the request created
+        log.info("audit", **{k: v for k, v in audit.written.items() if k != "data"})
         return
     data = _summary(response)
     run_id = data.pop("id", None)

@@ -92,9 +92,13 @@ def _json(data: Any, status: int = 200) -> web.Response:
     return web.json_response(data, status=status)
 
 
-def _audit(request: web.Request) -> RequestAudit | None:
-    """The request's audit record, for a handler whose run carries it (see access)."""
-    return request.get(AUDIT_KEY)
+def _audit(request: web.Request, status: int, **data: Any) -> RequestAudit | None:
+    """The request's audit record, to be stored with the runs it creates (see access),
+    with the `status` and summary `data` its answer will have."""
+    audit = request.get(AUDIT_KEY)
+    if audit is not None:
+        audit.status, audit.data = status, data
+    return audit
 
 
 def peer_uid(request: web.Request) -> int | None:
@@ -173,7 +177,7 @@ async def apply(request: web.Request) -> web.Response:
         return _json(
             {"dry_run": True, "jobs": jobs, "namespaces": namespaces, "warnings": loaded.warnings}
         )
-    outcomes = await engine.apply(loaded, peer_uid(request))
+    outcomes = await engine.apply(loaded, peer_uid(request), _audit(request, 200, dry_run=False))
     warnings = list(loaded.warnings) + [w for o in outcomes if (w := _not_started_warning(o))]
     warnings += [w for o in outcomes for w in _inactive_field_warnings(o)]
     jobs = [_outcome_view(o) for o in outcomes]
@@ -254,7 +258,7 @@ async def start_job_run(request: web.Request) -> web.Response:
     engine = _engine(request)
     ns, name = request.match_info["ns"], request.match_info["name"]
     customize = _overrides(await _body(request, required=False), engine)
-    run = await engine.start_job_run(ns, name, peer_uid(request), customize, _audit(request))
+    run = await engine.start_job_run(ns, name, peer_uid(request), customize, _audit(request, 201))
     return _json(run.to_api(), status=201)
 
 
@@ -262,7 +266,7 @@ async def rerun(request: web.Request) -> web.Response:
     engine = _engine(request)
     source = await _require_run(engine, request.match_info["id"])
     customize = _overrides(await _body(request, required=False), engine)
-    run = await engine.rerun(source.id, peer_uid(request), customize, _audit(request))
+    run = await engine.rerun(source.id, peer_uid(request), customize, _audit(request, 201))
     return _json(run.to_api(), status=201)
 
 
@@ -370,7 +374,7 @@ async def exec_run(request: web.Request) -> web.Response:
     engine = _engine(request)
     body = await _body(request)
     spec = await asyncio.to_thread(exec_spec, body, engine.config.policy, engine.config.defaults)
-    run = await engine.exec_run(spec, peer_uid(request), _audit(request))
+    run = await engine.exec_run(spec, peer_uid(request), _audit(request, 201))
     return _json(run.to_api(), status=201)
 
 

@@ -348,9 +348,11 @@ class Engine:
 
     # -- jobs ------------------------------------------------------------------------
 
-    async def apply(self, loaded: LoadedManifests, caller_uid: int | None) -> list[ApplyOutcome]:
+    async def apply(
+        self, loaded: LoadedManifests, caller_uid: int | None, audit: RequestAudit | None = None
+    ) -> list[ApplyOutcome]:
         outcomes = await self.store.apply(
-            loaded.namespaces, loaded.jobs, _starts_on_apply, caller_uid
+            loaded.namespaces, loaded.jobs, _starts_on_apply, caller_uid, audit
         )
         for outcome in outcomes:
             if outcome.run_id is not None:

@@ -14,7 +14,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
@@ -138,18 +138,20 @@ class SealedSecret:
 class RequestAudit:
     """The audit record of one mutating API request, before its outcome is known.
 
-    A request that creates a run hands it to `create_run`, which writes it (answer
-    `status`, the new run id) in the run's own transaction and sets `written_with`:
-    one commit less before the claim and Docker's create. Otherwise the API writes it
-    once the answer is known (`add_audit_event`).
+    A request that creates runs (exec, start, rerun, apply) hands it to the store, which
+    writes it in the same transaction as the runs, with the answer's `status` and
+    `data` that its handler set, and keeps what it wrote in `written`: one commit less
+    before the claim and Docker's create, and no second wait for the lock. Otherwise
+    the API writes it once the answer is known (`add_audit_event`).
     """
 
     caller_uid: int | None
     caller_pid: int | None
     action: str
     target: str
-    status: int = 201  # what the request answers when its run is created
-    written_with: int | None = None  # the run it was written with
+    status: int = 0  # the answer the request gives once the store has done its part
+    data: dict[str, Any] = field(default_factory=dict)
+    written: dict[str, Any] | None = None  # the record as stored
 
     def event(self, status: int, run_id: int | None, data: dict[str, Any]) -> dict[str, Any]:
         return {
@@ -424,16 +426,31 @@ class Store:
         jobs: Sequence[JobSpec],
         decide_start: StartDecision,
         caller_uid: int | None,
+        audit: RequestAudit | None = None,
     ) -> list[ApplyOutcome]:
-        """Store namespaces and jobs, and the runs they start, all in one transaction."""
+        """Store namespaces and jobs, the runs they start and the request's audit record,
+        all in one transaction (one thread hop)."""
         now = format_time(utcnow())
-        outcomes = []
-        async with self._write() as db:
-            for ns in namespaces:
-                await _upsert_namespace(db, ns.name, ns.model_dump(mode="json"), now, True)
+        settings = [(ns.name, ns.model_dump(mode="json")) for ns in namespaces]
+
+        def write(conn: sqlite3.Connection) -> list[ApplyOutcome]:
+            for name, values in settings:
+                conn.execute(_q("upsert_namespace"), _namespace_params(name, values, now, True))
+            outcomes = []
             for spec in jobs:
-                await _upsert_namespace(db, spec.namespace, None, now, False)
-                outcomes.append(await _apply_job(db, spec, now, decide_start, caller_uid))
+                conn.execute(
+                    _q("upsert_namespace"), _namespace_params(spec.namespace, None, now, False)
+                )
+                outcomes.append(_apply_job(conn, spec, now, decide_start, caller_uid))
+            if audit is not None:
+                run_ids = [o.run_id for o in outcomes if o.run_id is not None]
+                _write_audit(conn, _apply_audit(audit, run_ids), run_ids)
+            return outcomes
+
+        outcomes = await self._transaction(write)
+        if audit is not None:
+            run_ids = [o.run_id for o in outcomes if o.run_id is not None]
+            audit.written = _apply_audit(audit, run_ids)
         return outcomes
 
     async def get_namespace(self, name: str) -> dict[str, Any] | None:
@@ -497,14 +514,12 @@ class Store:
                     _q("insert_event"), _event_params(run_id, "scheduled", fire.message, scheduled)
                 )
             if audit is not None:
-                event = audit.event(audit.status, run_id, {})
-                for statement, values in _audit_statements(event, [run_id]):
-                    conn.execute(statement, values)
+                _write_audit(conn, audit.event(audit.status, run_id, audit.data), [run_id])
             return run_id
 
         run_id = await self._transaction(write)
         if audit is not None:
-            audit.written_with = run_id
+            audit.written = audit.event(audit.status, run_id, audit.data)
         return run_id
 
     async def create_child_run(self, parent: Run, index: int, spec: JobSpec) -> int:
@@ -774,7 +789,7 @@ class Store:
         async with self._write() as db:
             async with db.execute(_q("get_secret"), key) as cur:
                 existed = await cur.fetchone() is not None
-            await _upsert_namespace(db, namespace, None, now, False)
+            await db.execute(_q("upsert_namespace"), _namespace_params(namespace, None, now, False))
             await db.execute(
                 _q("upsert_secret"),
                 {
@@ -853,13 +868,7 @@ class Store:
     async def add_audit_event(self, event: dict[str, Any], run_ids: Sequence[int] = ()) -> None:
         """One mutating request (caller_uid, caller_pid, action, target, status, run_id, data),
         and a `caller` event on each run it created or cancelled, in one transaction."""
-        statements = _audit_statements(event, run_ids)
-
-        def write(conn: sqlite3.Connection) -> None:
-            for statement, values in statements:
-                conn.execute(statement, values)
-
-        await self._transaction(write)
+        await self._transaction(partial(_write_audit, event=event, run_ids=run_ids))
 
     async def list_audit_events(
         self, run_id: int | None, before: int | None, limit: int
@@ -937,12 +946,6 @@ def _log_from_row(row: aiosqlite.Row) -> LogRecord:
     )
 
 
-async def _upsert_namespace(
-    db: aiosqlite.Connection, name: str, settings: dict[str, Any] | None, now: str, replace: bool
-) -> None:
-    await db.execute(_q("upsert_namespace"), _namespace_params(name, settings, now, replace))
-
-
 def _namespace_params(
     name: str, settings: dict[str, Any] | None, now: str, replace: bool
 ) -> dict[str, Any]:
@@ -955,46 +958,36 @@ def _namespace_params(
     }
 
 
-async def _apply_job(
-    db: aiosqlite.Connection,
+def _apply_job(
+    conn: sqlite3.Connection,
     spec: JobSpec,
     now: str,
     decide_start: StartDecision,
     caller_uid: int | None,
 ) -> ApplyOutcome:
     key = {"namespace": spec.namespace, "name": spec.name}
-    async with db.execute(_q("get_job"), key) as cur:
-        current = await cur.fetchone()
+    current = conn.execute(_q("get_job"), key).fetchone()
     spec_hash = spec.spec_hash()
     if current is not None and current["spec_hash"] == spec_hash:
         return ApplyOutcome(spec, "unchanged", current["revision"], None)
-    async with db.execute(_q("last_revision"), key) as cur:
-        row = await cur.fetchone()
+    row = conn.execute(_q("last_revision"), key).fetchone()
     revision = (row[0] or 0) + 1 if row else 1
     params = {**key, "revision": revision, "spec_hash": spec_hash, "now": now}
-    await db.execute(_q("upsert_job"), {**params, "spec": spec.canonical_json()})
-    await db.execute(_q("insert_revision"), params)
-    async with db.execute(
-        _q("active_runs_of_job"), {"namespace": spec.namespace, "job": spec.name}
-    ) as cur:
-        active = [int(r[0]) for r in await cur.fetchall()]
+    conn.execute(_q("upsert_job"), {**params, "spec": spec.canonical_json()})
+    conn.execute(_q("insert_revision"), params)
+    job = {"namespace": spec.namespace, "job": spec.name}
+    active = [int(r[0]) for r in conn.execute(_q("active_runs_of_job"), job)]
     run_id = None
     if decide_start(spec, active):
-        run_id = await _insert_run(db, spec, revision, Trigger.APPLY, caller_uid)
+        run_params = _run_params(spec, revision, Trigger.APPLY, caller_uid)
+        run_id = int(conn.execute(_q("insert_run"), run_params).lastrowid or 0)
+        created = _created_event(run_id, Trigger.APPLY, revision, caller_uid)
+        conn.execute(_q("insert_event"), created)
     return ApplyOutcome(spec, "created" if current is None else "updated", revision, run_id)
 
 
-async def _insert_run(
-    db: aiosqlite.Connection,
-    spec: JobSpec,
-    revision: int,
-    trigger: Trigger,
-    caller_uid: int | None,
-) -> int:
-    cur = await db.execute(_q("insert_run"), _run_params(spec, revision, trigger, caller_uid))
-    run_id = int(cur.lastrowid or 0)
-    await db.execute(_q("insert_event"), _created_event(run_id, trigger, revision, caller_uid))
-    return run_id
+def _apply_audit(audit: RequestAudit, run_ids: list[int]) -> dict[str, Any]:
+    return audit.event(audit.status, None, {**audit.data, "run_ids": run_ids})
 
 
 def _created_event(
@@ -1040,17 +1033,17 @@ def _event_params(run_id: int, type_: str, message: str, data: dict[str, Any]) -
     }
 
 
-def _audit_statements(
-    event: dict[str, Any], run_ids: Sequence[int]
-) -> list[tuple[str, dict[str, Any]]]:
-    """The audit record and a `caller` event on each run the request created or cancelled."""
+def _write_audit(conn: sqlite3.Connection, event: dict[str, Any], run_ids: Sequence[int]) -> None:
+    """The audit record, and a `caller` event on each run the request created or cancelled."""
     params = {**event, "time": format_time(utcnow()), "data": json.dumps(event["data"])}
+    conn.execute(_q("insert_audit_event"), params)
     who = f"uid {event['caller_uid']} (pid {event['caller_pid']})"
     data = {k: event[k] for k in ("action", "caller_uid", "caller_pid")}
-    message = f"{event['action']} by {who}"
-    return [(_q("insert_audit_event"), params)] + [
-        (_q("insert_event"), _event_params(run_id, "caller", message, data)) for run_id in run_ids
-    ]
+    for run_id in run_ids:
+        conn.execute(
+            _q("insert_event"),
+            _event_params(run_id, "caller", f"{event['action']} by {who}", data),
+        )
 
 
 class _Deleted(NamedTuple):

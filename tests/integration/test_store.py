@@ -984,15 +984,15 @@ async def test_concurrent_writes_are_serialised(store: Store) -> None:
 
 async def test_a_request_audit_goes_with_the_run_it_creates_or_not_at_all(store: Store) -> None:
     forbid = spec(concurrency_policy="Forbid")
-    audit = RequestAudit(0, 42, "start_job_run", "/v1/jobs/ns/job/runs")
+    audit = RequestAudit(0, 42, "start_job_run", "/v1/jobs/ns/job/runs", 201)
     run_id = await store.create_run(
         forbid, 1, Trigger.MANUAL, 0, refuse_if_active=True, audit=audit
     )
-    assert audit.written_with == run_id
-    refused = RequestAudit(0, 43, "start_job_run", "/v1/jobs/ns/job/runs")
+    assert audit.written is not None and audit.written["run_id"] == run_id
+    refused = RequestAudit(0, 43, "start_job_run", "/v1/jobs/ns/job/runs", 201)
     with pytest.raises(Conflict):  # the first run is still pending
         await store.create_run(forbid, 1, Trigger.MANUAL, 0, refuse_if_active=True, audit=refused)
-    assert refused.written_with is None  # rolled back with the run: the API records the 409
+    assert refused.written is None  # rolled back with the run: the API records the 409
     records = await store.list_audit_events(None, None, 10)
     assert [(r["caller_pid"], r["status"], r["run_id"], r["data"]) for r in records] == [
         (42, 201, run_id, {})
@@ -1001,3 +1001,26 @@ async def test_a_request_audit_goes_with_the_run_it_creates_or_not_at_all(store:
     assert [(e.data["caller_pid"], e.message) for e in callers] == [
         (42, "start_job_run by uid 0 (pid 42)")
     ]
+
+
+async def test_an_apply_stores_its_audit_record_with_the_runs_it_starts(store: Store) -> None:
+    audit = RequestAudit(0, 7, "apply", "/v1/apply", 200, {"dry_run": False})
+    first = await store.apply([], [spec("a"), spec("b")], always_start, 0, audit)
+    run_ids = [o.run_id for o in first]
+    assert audit.written is not None and audit.written["data"]["run_ids"] == run_ids
+    again = RequestAudit(0, 8, "apply", "/v1/apply", 200, {"dry_run": False})
+    assert [o.action for o in await store.apply([], [spec("a")], always_start, 0, again)] == [
+        "unchanged"
+    ]
+    records = await store.list_audit_events(None, None, 10)
+    assert [(r["caller_pid"], r["status"], r["run_id"], r["data"]) for r in records] == [
+        (8, 200, None, {"dry_run": False, "run_ids": []}),
+        (7, 200, None, {"dry_run": False, "run_ids": run_ids}),
+    ]
+    for run_id in run_ids:
+        assert isinstance(run_id, int)
+        events = await store.list_events(run_id)
+        assert [(e.type, e.data.get("caller_pid")) for e in events] == [
+            ("created", None),
+            ("caller", 7),
+        ]
