@@ -91,7 +91,9 @@ class LogSettings(_Section):
     max_bytes_per_run: str = "64Mi"
     max_line_bytes: int = Field(default=16384, ge=256)
     flush_interval: str = "250ms"
-    flush_bytes: str = "64Ki"
+    # 1 GiB of 4 KiB lines on the bench: 64Ki took 10% more daemon CPU (4,000+ commits
+    # instead of ~1,000) for no gain; unflushed lines are still in Docker's log.
+    flush_bytes: str = "1Mi"
     docker_max_size: str = "10m"
     docker_max_file: int = Field(default=2, ge=1)
 
