@@ -184,14 +184,17 @@ class RunExecutor:
         cspec, warnings = prepared.container(cspec, run, self.ctx.config.policy)
         for warning in warnings:
             await self.ctx.store.add_event(run.id, "warning", warning)
-        # Recording the image and checking the network are independent too.
+        # Recording the image goes alongside the network check and the create: the
+        # container starts only once both are committed, and after a crash in between
+        # the restart removes a created, never started container and makes the attempt
+        # again (Engine._reconcile_run). One commit less before Docker's create.
         await _both(
             self._transition(
                 ("image_resolved", f"{image.ref} is {image.id}"), image_id=image.id, image=shown
             ),
-            self._ensure_network(prepared, cspec),
+            self._create(prepared, cspec),
         )
-        self.container_id = await self.ctx.runtime.create(cspec)
+        assert self.container_id is not None
         await self._transition(
             ("container_created", f"container {cspec.name} ({self.container_id[:12]})"),
             container_id=self.container_id,
@@ -234,11 +237,14 @@ class RunExecutor:
             return None
         return await self.ctx.runtime.resolve_image(run.spec.image, run.spec.image_pull_policy)
 
-    async def _ensure_network(self, prepared: PreparedAttempt, cspec: ContainerSpec) -> None:
+    async def _create(self, prepared: PreparedAttempt, cspec: ContainerSpec) -> None:
+        """The namespace's network if the container needs it, then the container (its id
+        kept at once, so a failure of the step beside it still knows the container)."""
         if prepared.needs_namespace_network(cspec, self.run):
             await self.ctx.runtime.ensure_network(
                 network_name(self.run.namespace), {LABEL_MANAGED: "true"}
             )
+        self.container_id = await self.ctx.runtime.create(cspec)
 
     async def _start(self, pump: asyncio.Task[None]) -> None:
         assert self.container_id is not None

@@ -8,10 +8,12 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from ringjobs.config import load_config
 from ringjobs.engine.engine import Engine
 from ringjobs.engine.executor import RunExecutor
-from ringjobs.exceptions import EngineUnavailable
+from ringjobs.exceptions import EngineUnavailable, StoreUnavailable
 from ringjobs.models import JobSpec, RunStatus, Trigger
 from ringjobs.runtime.base import (
     ContainerState,
@@ -169,5 +171,58 @@ async def test_run_cancelled_before_its_claim_stays_cancelled_whatever_the_looku
         await RunExecutor(engine.ctx, fresh).execute()
         run = await store.get_run(run_id)
         assert run is not None and (run.status, run.reason) == (RunStatus.FAILED, "image_not_found")
+    finally:
+        await store.close()
+
+
+class CreatingRuntime(FakeRuntime):
+    """Resolves every image and creates containers; records what it was asked."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.up = True
+        self.calls: list[str] = []
+
+    async def resolve_image(self, ref: str, pull_policy: str) -> ImageInfo:
+        return ImageInfo(id="sha256:" + "a" * 64, ref=ref)
+
+    async def create(self, spec: Any) -> str:
+        self.calls.append("create")
+        return "d" * 64
+
+    async def start(self, container_id: str) -> None:
+        self.calls.append("start")
+
+
+async def test_a_container_never_starts_before_its_image_is_on_record(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The image_resolved record is written while Docker creates the container: if that
+    # write fails, the container exists (its id is known) but is never started, and the
+    # run stays active for reconciliation (which removes a created container, requeues).
+    config = load_config(None, {"database": tmp_path / "db", "socket": tmp_path / "s"}, {})
+    store = Store(config.database)
+    await store.open()
+    runtime = CreatingRuntime()
+    engine = Engine(store, runtime, config)  # type: ignore[arg-type]
+    real_update = store.update_run
+
+    async def failing_image_record(run_id: int, event: tuple[str, str], *a: Any, **k: Any) -> bool:
+        if event[0] == "image_resolved":
+            raise StoreUnavailable("disk full (fake)")
+        return await real_update(run_id, event, *a, **k)
+
+    monkeypatch.setattr(store, "update_run", failing_image_record)
+    try:
+        spec = JobSpec(namespace="ns", name="job", image="img", network="none")
+        run_id = await store.create_run(spec, 1, Trigger.MANUAL, None)
+        pending = await store.get_run(run_id)
+        assert pending is not None
+        executor = RunExecutor(engine.ctx, pending)
+        await executor.execute()
+        assert runtime.calls == ["create"]  # created beside the failed write, never started
+        assert executor.container_id == "d" * 64 and executor.store_lost
+        run = await store.get_run(run_id)
+        assert run is not None and run.status == RunStatus.STARTING and run.image_id is None
     finally:
         await store.close()
