@@ -1,0 +1,146 @@
+"""Where the time of a large prune goes, step by step, and what a writer waits meanwhile.
+
+    .venv/bin/python bench/prune_steps.py [--runs 300000] [--prune 100000]
+                                          [--writer-gap 0.05] [--no-checkpoints]
+
+Builds (once, cached in /tmp) a history like bench/scale_bench.py's (runs of 100 jobs,
+10 log lines each), copies it, and deletes the oldest `--prune` runs through
+Store.delete_runs as a prune does, while a writer adds one event every `--writer-gap`
+seconds. Prints, for the writer's thread: the delete steps (their work and their
+commit, which includes SQLite's WAL checkpoints), the vacuum steps and the final WAL
+truncate; the bytes the process wrote; the largest WAL; and the writer's waits.
+`--no-checkpoints` turns SQLite's automatic checkpoints off for the run, to show what
+they cost (the WAL then holds everything until the final truncate). No Docker needed.
+A benchmark, not a test: it asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import sqlite3
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from scale_bench import build_history
+
+import ringjobs.store.store as store_module
+from ringjobs.store import Store
+
+T = TypeVar("T")
+
+
+def written_bytes() -> int:
+    with open("/proc/self/io") as io:
+        return next(int(line.split()[1]) for line in io if line.startswith("write_bytes"))
+
+
+def spread(values: list[float]) -> str:
+    values = sorted(values)
+    p50, top = values[len(values) // 2], values[-1]
+    total = sum(values)
+    return f"n={len(values)}, total {total:.2f} s, p50 {p50 * 1e3:.1f} ms, max {top * 1e3:.1f} ms"
+
+
+class Timings:
+    """Seconds spent on the writer's thread per kind of call, and in the delete work."""
+
+    def __init__(self) -> None:
+        self.calls: dict[str, list[float]] = defaultdict(list)
+        self.work: list[float] = []
+        self._deleting = False  # the writer's thread runs one call at a time
+
+    def install(self) -> None:
+        real_on_writer, real_delete = Store._on_writer, store_module._delete_some
+
+        async def on_writer(store: Store, call: Callable[[sqlite3.Connection], T]) -> T:
+            name = getattr(getattr(call, "func", call), "__name__", "call")
+
+            def timed(conn: sqlite3.Connection) -> T:
+                started = time.perf_counter()
+                try:
+                    return call(conn)
+                finally:
+                    kind = "delete step (work + commit)" if self._deleting else name
+                    self.calls[kind].append(time.perf_counter() - started)
+                    self._deleting = False
+
+            return await real_on_writer(store, timed)
+
+        def delete_some(*args: Any) -> Any:
+            self._deleting = True
+            started = time.perf_counter()
+            try:
+                return real_delete(*args)
+            finally:
+                self.work.append(time.perf_counter() - started)
+
+        Store._on_writer = on_writer  # type: ignore[method-assign,assignment]
+        store_module._delete_some = delete_some  # type: ignore[assignment]
+
+
+async def measure(database: Path, prune: int, gap: float, checkpoints: bool) -> None:
+    store = Store(database)
+    await store.open()
+    if not checkpoints:
+        assert store._writer is not None
+        await store._writer.execute("PRAGMA wal_autocheckpoint = 0")
+    timings, waits, wal = Timings(), [], [0]
+    timings.install()
+    done = asyncio.Event()
+
+    async def writer() -> None:
+        while not done.is_set():
+            started = time.perf_counter()
+            await store.add_event(prune + 1, "probe", "a write during the prune", {})
+            waits.append(time.perf_counter() - started)
+            await asyncio.sleep(gap)
+
+    async def wal_size() -> None:
+        while not done.is_set():
+            wal.append(os.stat(f"{database}-wal").st_size)
+            await asyncio.sleep(0.05)
+
+    tasks = [asyncio.create_task(writer()), asyncio.create_task(wal_size())]
+    before, started = written_bytes(), time.perf_counter()
+    await store.delete_runs(list(range(1, prune + 1)))
+    seconds, written = time.perf_counter() - started, written_bytes() - before
+    done.set()
+    await asyncio.gather(*tasks)
+    await store.close()
+
+    print(f"prune of {prune:,} runs: {seconds:.2f} s, {written / 2**20:.0f} MiB written")
+    print(f"largest WAL seen: {max(wal) / 2**20:.0f} MiB")
+    timings.calls.pop("run", None)  # the writer's own transactions: its waits are below
+    for name, values in timings.calls.items():
+        print(f"{name}: {spread(values)}")
+    print(f"  the delete work alone: {spread(timings.work)}")
+    print(f"a write every {gap * 1000:.0f} ms, waited: {spread(waits)}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=300_000)
+    parser.add_argument("--prune", type=int, default=100_000)
+    parser.add_argument("--writer-gap", type=float, default=0.05)
+    parser.add_argument("--no-checkpoints", action="store_true")
+    args = parser.parse_args()
+    cached = Path(tempfile.gettempdir()) / f"ringjobs-prune-steps-{args.runs}.db"
+    if not cached.exists():
+        started = time.perf_counter()
+        build_history(cached, args.runs, 10)
+        print(f"history of {args.runs:,} runs built in {time.perf_counter() - started:.0f} s")
+    with tempfile.TemporaryDirectory(prefix="rj-prune-steps-") as tmp:
+        database = Path(tmp) / "rj.db"
+        shutil.copy(cached, database)
+        asyncio.run(measure(database, args.prune, args.writer_gap, not args.no_checkpoints))
+
+
+if __name__ == "__main__":
+    main()
