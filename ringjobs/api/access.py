@@ -110,7 +110,13 @@ async def _audit(
     response: web.StreamResponse | None,
 ) -> None:
     if audit.written is not None:  # stored with the runs the request created
-        log.info("audit", **{k: v for k, v in audit.written.items() if k != "data"})
+        event = {**audit.written, "status": status}
+        log.info("audit", **{k: v for k, v in event.items() if k != "data"})
+        if status != audit.written["status"] and audit.record_id is not None:
+            try:  # it failed after its runs were stored: the record tells the real answer
+                await store.set_audit_status(audit.record_id, status)
+            except Exception:
+                log.exception("audit_write_failed", action=audit.action)
         return
     data = _summary(response)
     run_id = data.pop("id", None)

@@ -103,6 +103,7 @@ class RunExecutor:
         self.engine_lost = False  # the engine went away under a live container
         self.store_lost = False  # the database refused a write: reconcile once it accepts
         self._pump_task: asyncio.Task[None] | None = None
+        self._never_started = False  # this executor created the container, not started yet
 
     async def execute(self) -> None:
         """A pending run: its next attempt, followed to the end."""
@@ -130,6 +131,9 @@ class RunExecutor:
             await work
         except RunAlreadyFinal:
             log.info("run_already_final", run_id=self.run.id)  # finished by someone else
+            if self._never_started and self.container_id is not None:  # nothing else has it
+                with contextlib.suppress(Exception):
+                    await self.ctx.runtime.remove(self.container_id)
         except StoreUnavailable as exc:
             # Disk full or read-only: what happened is not on disk, so nothing is reported
             # (no failure could be written either); reconciliation finishes the run later.
@@ -245,11 +249,13 @@ class RunExecutor:
                 network_name(self.run.namespace), {LABEL_MANAGED: "true"}
             )
         self.container_id = await self.ctx.runtime.create(cspec)
+        self._never_started = True
 
     async def _start(self, pump: asyncio.Task[None]) -> None:
         assert self.container_id is not None
         try:
             await self.ctx.runtime.start(self.container_id)
+            self._never_started = False
         except BaseException:
             pump.cancel()
             with contextlib.suppress(BaseException):

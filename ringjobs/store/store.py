@@ -152,6 +152,7 @@ class RequestAudit:
     status: int = 0  # the answer the request gives once the store has done its part
     data: dict[str, Any] = field(default_factory=dict)
     written: dict[str, Any] | None = None  # the record as stored
+    record_id: int | None = None  # its row, to correct the status if the request then fails
 
     def event(self, status: int, run_id: int | None, data: dict[str, Any]) -> dict[str, Any]:
         return {
@@ -433,7 +434,7 @@ class Store:
         now = format_time(utcnow())
         settings = [(ns.name, ns.model_dump(mode="json")) for ns in namespaces]
 
-        def write(conn: sqlite3.Connection) -> list[ApplyOutcome]:
+        def write(conn: sqlite3.Connection) -> tuple[list[ApplyOutcome], int | None]:
             for name, values in settings:
                 conn.execute(_q("upsert_namespace"), _namespace_params(name, values, now, True))
             outcomes = []
@@ -442,15 +443,16 @@ class Store:
                     _q("upsert_namespace"), _namespace_params(spec.namespace, None, now, False)
                 )
                 outcomes.append(_apply_job(conn, spec, now, decide_start, caller_uid))
+            record_id = None
             if audit is not None:
                 run_ids = [o.run_id for o in outcomes if o.run_id is not None]
-                _write_audit(conn, _apply_audit(audit, run_ids), run_ids)
-            return outcomes
+                record_id = _write_audit(conn, _apply_audit(audit, run_ids), run_ids)
+            return outcomes, record_id
 
-        outcomes = await self._transaction(write)
+        outcomes, record_id = await self._transaction(write)
         if audit is not None:
             run_ids = [o.run_id for o in outcomes if o.run_id is not None]
-            audit.written = _apply_audit(audit, run_ids)
+            audit.written, audit.record_id = _apply_audit(audit, run_ids), record_id
         return outcomes
 
     async def get_namespace(self, name: str) -> dict[str, Any] | None:
@@ -493,7 +495,7 @@ class Store:
         namespace = _namespace_params(spec.namespace, None, params["now"], False)
         key = {"namespace": spec.namespace, "job": spec.name}
 
-        def write(conn: sqlite3.Connection) -> int:  # one thread hop: every exec/job run
+        def write(conn: sqlite3.Connection) -> tuple[int, int | None]:  # one hop per run
             if fire is not None:
                 claim_fire(conn, spec, fire)
             if refuse_if_active:
@@ -513,13 +515,16 @@ class Store:
                 conn.execute(
                     _q("insert_event"), _event_params(run_id, "scheduled", fire.message, scheduled)
                 )
+            record_id = None
             if audit is not None:
-                _write_audit(conn, audit.event(audit.status, run_id, audit.data), [run_id])
-            return run_id
+                event = audit.event(audit.status, run_id, audit.data)
+                record_id = _write_audit(conn, event, [run_id])
+            return run_id, record_id
 
-        run_id = await self._transaction(write)
+        run_id, record_id = await self._transaction(write)
         if audit is not None:
             audit.written = audit.event(audit.status, run_id, audit.data)
+            audit.record_id = record_id
         return run_id
 
     async def create_child_run(self, parent: Run, index: int, spec: JobSpec) -> int:
@@ -870,6 +875,11 @@ class Store:
         and a `caller` event on each run it created or cancelled, in one transaction."""
         await self._transaction(partial(_write_audit, event=event, run_ids=run_ids))
 
+    async def set_audit_status(self, record_id: int, status: int) -> None:
+        """A request whose runs were stored (with its record) failed after all: say so."""
+        params = {"id": record_id, "status": status}
+        await self._transaction(lambda conn: conn.execute(_q("set_audit_status"), params))
+
     async def list_audit_events(
         self, run_id: int | None, before: int | None, limit: int
     ) -> list[dict[str, Any]]:
@@ -987,7 +997,7 @@ def _apply_job(
 
 
 def _apply_audit(audit: RequestAudit, run_ids: list[int]) -> dict[str, Any]:
-    return audit.event(audit.status, None, {**audit.data, "run_ids": run_ids})
+    return audit.event(audit.status, None, {"run_ids": run_ids, **audit.data})
 
 
 def _created_event(
@@ -1033,10 +1043,11 @@ def _event_params(run_id: int, type_: str, message: str, data: dict[str, Any]) -
     }
 
 
-def _write_audit(conn: sqlite3.Connection, event: dict[str, Any], run_ids: Sequence[int]) -> None:
-    """The audit record, and a `caller` event on each run the request created or cancelled."""
+def _write_audit(conn: sqlite3.Connection, event: dict[str, Any], run_ids: Sequence[int]) -> int:
+    """The audit record, and a `caller` event on each run the request created or cancelled;
+    returns the record's id."""
     params = {**event, "time": format_time(utcnow()), "data": json.dumps(event["data"])}
-    conn.execute(_q("insert_audit_event"), params)
+    record_id = int(conn.execute(_q("insert_audit_event"), params).lastrowid or 0)
     who = f"uid {event['caller_uid']} (pid {event['caller_pid']})"
     data = {k: event[k] for k in ("action", "caller_uid", "caller_pid")}
     for run_id in run_ids:
@@ -1044,6 +1055,7 @@ def _write_audit(conn: sqlite3.Connection, event: dict[str, Any], run_ids: Seque
             _q("insert_event"),
             _event_params(run_id, "caller", f"{event['action']} by {who}", data),
         )
+    return record_id
 
 
 class _Deleted(NamedTuple):

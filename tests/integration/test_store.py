@@ -802,8 +802,8 @@ async def test_store_recovers_after_a_failed_commit(
     assert store._writer is not None
     connection = CommitFailsOnce(store._writer._conn)
     monkeypatch.setattr(store._writer, "_connection", connection)
-    # update_run and create_run commit in one hop on the writer's thread, apply statement
-    # by statement.
+    # update_run, create_run and apply commit in one hop on the writer's thread;
+    # delete_job statement by statement (Store._write), below.
     with pytest.raises(StoreUnavailable):
         await store.update_run(run_id, status=RunStatus.RUNNING)
     connection.armed = True
@@ -823,6 +823,12 @@ async def test_store_recovers_after_a_failed_commit(
     assert run.status is RunStatus.FAILED
     assert await store.get_run(second) is not None
     assert outcome.run_id is not None and await store.get_job("ns", "new") is not None
+    connection.armed = True
+    with pytest.raises(StoreUnavailable):
+        await store.delete_job("ns", "new")
+    assert await store.get_job("ns", "new") is not None  # rolled back
+    await store.delete_job("ns", "new")
+    assert await store.get_job("ns", "new") is None
 
 
 class CommitFailsOnce:

@@ -16,6 +16,8 @@ from typing import Any
 import pytest
 from api_server import ApiServer
 
+from ringjobs.exceptions import StoreUnavailable
+
 NOBODY = 65534
 _CLIENT = """
 import http.client, json, socket, sys
@@ -325,3 +327,31 @@ def test_a_request_that_creates_a_run_is_recorded_once_with_its_run(short_tmp: P
             events = server.call(server.store.list_events(run_id))
             assert [e.type for e in events][:2] == ["created", "caller"]  # one transaction
             assert [e.data["action"] for e in events if e.type == "caller"] == [action]
+
+
+def test_a_request_that_fails_after_storing_its_run_is_recorded_with_its_answer(
+    short_tmp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with ApiServer(short_tmp) as server:
+        exec_body = {"namespace": "acc", "image": "none:1", "command": ["true"]}
+        real_run = server.engine._run
+        calls = 0
+
+        async def run_read_fails_once(run_id: int) -> Any:
+            nonlocal calls
+            calls += 1
+            if calls == 1:  # the read of the run exec_run has just stored
+                raise StoreUnavailable("cannot read the database (fake)")
+            return await real_run(run_id)
+
+        monkeypatch.setattr(server.engine, "_run", run_read_fails_once)
+        status, _, _ = call(server, "POST", "/v1/exec", exec_body)
+        assert status == 503
+        [stored] = server.call(server.store.list_runs())
+        _, _, audit = call(server, "GET", "/v1/audit")
+        # One record: the run it made, and the answer the caller really got.
+        assert [(e["action"], e["status"], e["run_id"]) for e in audit["events"]] == [
+            ("exec_run", 503, stored.id)
+        ]
+        events = server.call(server.store.list_events(stored.id))
+        assert [e.data["action"] for e in events if e.type == "caller"] == ["exec_run"]

@@ -226,3 +226,31 @@ async def test_a_container_never_starts_before_its_image_is_on_record(
         assert run is not None and run.status == RunStatus.STARTING and run.image_id is None
     finally:
         await store.close()
+
+
+async def test_a_run_finished_elsewhere_while_its_container_is_created_leaves_no_container(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = load_config(None, {"database": tmp_path / "db", "socket": tmp_path / "s"}, {})
+    store = Store(config.database)
+    await store.open()
+    runtime = CreatingRuntime()
+    engine = Engine(store, runtime, config)  # type: ignore[arg-type]
+    real_update = store.update_run
+
+    async def finished_meanwhile(run_id: int, event: tuple[str, str], *a: Any, **k: Any) -> bool:
+        if event[0] == "image_resolved":
+            return False  # only_if_active found the run final (pruned, finished by another)
+        return await real_update(run_id, event, *a, **k)
+
+    monkeypatch.setattr(store, "update_run", finished_meanwhile)
+    try:
+        spec = JobSpec(namespace="ns", name="job", image="img", network="none")
+        run_id = await store.create_run(spec, 1, Trigger.MANUAL, None)
+        pending = await store.get_run(run_id)
+        assert pending is not None
+        await RunExecutor(engine.ctx, pending).execute()
+        assert runtime.calls == ["create"]  # never started
+        assert runtime.removed == ["d" * 64]  # and not left behind
+    finally:
+        await store.close()

@@ -250,6 +250,9 @@ ON CONFLICT (key) DO UPDATE SET value = excluded.value;
 INSERT INTO audit_events (time, caller_uid, caller_pid, action, target, status, run_id, data)
 VALUES (:time, :caller_uid, :caller_pid, :action, :target, :status, :run_id, :data);
 
+-- name: set_audit_status
+UPDATE audit_events SET status = :status WHERE id = :id;
+
 -- name: list_audit_events
 SELECT id, time, caller_uid, caller_pid, action, target, status, run_id, data
 FROM audit_events
