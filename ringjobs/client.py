@@ -158,7 +158,8 @@ class _Response:
         length = self.headers.get("content-length")
         self._chunked = "chunked" in self.headers.get("transfer-encoding", "").lower()
         self._remaining = None if self._chunked or length is None else int(length)
-        self._buffer = b""
+        self._buffer = bytearray()  # body bytes read but not yet returned, from _at on
+        self._at = 0
         self._done = False
 
     def _line(self) -> bytes:
@@ -225,20 +226,26 @@ class _Response:
             raise ConnectionLost(self._path, exc.strerror or str(exc)) from None
 
     def _readline(self) -> bytes:
-        while b"\n" not in self._buffer:
+        # An offset into one buffer: cutting each line off the front copied the rest of a
+        # 64 KiB piece once per line (a third of `logs RUN`'s CPU).
+        while (end := self._buffer.find(b"\n", self._at)) < 0:
             piece = self._piece()
             if not piece:
-                line, self._buffer = self._buffer, b""
-                return line
+                return self._take(len(self._buffer))
+            del self._buffer[: self._at]  # what is left of the last piece: under a line
+            self._at = 0
             self._buffer += piece
-        line, _, self._buffer = self._buffer.partition(b"\n")
-        return line + b"\n"
+        return self._take(end + 1)
+
+    def _take(self, end: int) -> bytes:
+        data = bytes(self._buffer[self._at : end])
+        self._at = end
+        return data
 
     def _read(self) -> bytes:
-        pieces = [self._buffer]
+        pieces = [self._take(len(self._buffer))]
         while piece := self._piece():
             pieces.append(piece)
-        self._buffer = b""
         return b"".join(pieces)
 
     def close(self) -> None:

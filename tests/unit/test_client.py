@@ -331,6 +331,18 @@ def test_stream_events_reads_chunked_ndjson(fake: FakeDaemon) -> None:
     assert list(Client(fake.socket_path).stream_events(7)) == events
 
 
+def test_stream_lines_across_read_boundaries_come_back_whole(fake: FakeDaemon) -> None:
+    # One body of ~2.5 MB: 64 KiB reads cut lines anywhere, some lines span several.
+    records = [
+        {"seq": n, "stream": "stdout", "line": f"{n} " + "x" * (n * 37 % 100_000)}
+        for n in range(1, 400)
+    ]
+    body = b"".join(json.dumps(r).encode() + b"\n" for r in records)
+    answer = Answer(raw=body, content_type="application/x-ndjson")
+    fake.route("GET", "/v1/runs/7/logs", answer)
+    assert list(Client(fake.socket_path).stream_logs(7)) == records
+
+
 def test_stream_error_raises_api_error(fake: FakeDaemon) -> None:
     with pytest.raises(ApiError) as caught:
         list(Client(fake.socket_path).stream_logs(99))
