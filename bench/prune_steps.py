@@ -1,7 +1,7 @@
 """Where the time of a large prune goes, step by step, and what a writer waits meanwhile.
 
     .venv/bin/python bench/prune_steps.py [--runs 300000] [--prune 100000]
-                                          [--writer-gap 0.05] [--no-checkpoints]
+                                          [--writer-gap 0.05] [--autocheckpoint PAGES]
 
 Builds (once, cached in /tmp) a history like bench/scale_bench.py's (runs of 100 jobs,
 10 log lines each), copies it, and deletes the oldest `--prune` runs through
@@ -9,8 +9,9 @@ Store.delete_runs as a prune does, while a writer adds one event every `--writer
 seconds. Prints, for the writer's thread: the delete steps (their work and their
 commit, which includes SQLite's WAL checkpoints), the vacuum steps and the final WAL
 truncate; the bytes the process wrote; the largest WAL; and the writer's waits.
-`--no-checkpoints` turns SQLite's automatic checkpoints off for the run, to show what
-they cost (the WAL then holds everything until the final truncate). No Docker needed.
+`--autocheckpoint` sets the writer's wal_autocheckpoint for the run instead of SQLite's
+1,000 pages, to show what checkpoints cost (0: none; the WAL then holds everything
+until the final truncate). No Docker needed.
 A benchmark, not a test: it asserts nothing.
 """
 
@@ -85,12 +86,12 @@ class Timings:
         store_module._delete_some = delete_some  # type: ignore[assignment]
 
 
-async def measure(database: Path, prune: int, gap: float, checkpoints: bool) -> None:
+async def measure(database: Path, prune: int, gap: float, autocheckpoint: int | None) -> None:
     store = Store(database)
     await store.open()
-    if not checkpoints:
+    if autocheckpoint is not None:
         assert store._writer is not None
-        await store._writer.execute("PRAGMA wal_autocheckpoint = 0")
+        await store._writer.execute(f"PRAGMA wal_autocheckpoint = {autocheckpoint}")
     timings, waits, wal = Timings(), [], [0]
     timings.install()
     done = asyncio.Event()
@@ -129,7 +130,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=300_000)
     parser.add_argument("--prune", type=int, default=100_000)
     parser.add_argument("--writer-gap", type=float, default=0.05)
-    parser.add_argument("--no-checkpoints", action="store_true")
+    parser.add_argument("--autocheckpoint", type=int, metavar="PAGES")
     args = parser.parse_args()
     cached = Path(tempfile.gettempdir()) / f"ringjobs-prune-steps-{args.runs}.db"
     if not cached.exists():
@@ -139,7 +140,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="rj-prune-steps-") as tmp:
         database = Path(tmp) / "rj.db"
         shutil.copy(cached, database)
-        asyncio.run(measure(database, args.prune, args.writer_gap, not args.no_checkpoints))
+        asyncio.run(measure(database, args.prune, args.writer_gap, args.autocheckpoint))
 
 
 if __name__ == "__main__":
