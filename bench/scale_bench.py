@@ -529,6 +529,7 @@ def bench_history(runs: int, lines_per_run: int, idle_seconds: float, executable
         database = Path(tmp) / "rj.db"
         started = time.perf_counter()
         cut = build_history(database, runs, lines_per_run)
+        os.sync()  # the fixture's 2.4 GB on disk, not written back under the daemon's fsyncs
         built = time.perf_counter() - started
         with running_daemon(Path(tmp), executable) as daemon:
             client = daemon.client
