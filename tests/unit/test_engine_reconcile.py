@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +14,7 @@ from ringjobs.config import load_config
 from ringjobs.engine.engine import Engine
 from ringjobs.engine.executor import RunExecutor
 from ringjobs.exceptions import EngineUnavailable, StoreUnavailable
-from ringjobs.models import JobSpec, RunStatus, Trigger
+from ringjobs.models import JobSpec, Run, RunStatus, Trigger
 from ringjobs.runtime.base import (
     ContainerState,
     ImageInfo,
@@ -194,12 +194,13 @@ class CreatingRuntime(FakeRuntime):
         self.calls.append("start")
 
 
-async def test_a_container_never_starts_before_its_image_is_on_record(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # The image_resolved record is written while Docker creates the container: if that
-    # write fails, the container exists (its id is known) but is never started, and the
-    # run stays active for reconciliation (which removes a created container, requeues).
+async def execute_with_image_record(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    image_record: Callable[[], Awaitable[bool]],
+) -> tuple[CreatingRuntime, RunExecutor, Run | None]:
+    """A fresh run through the executor, its image_resolved write answered by `image_record`
+    (the other writes go to the store); the runtime, the executor and the run after."""
     config = load_config(None, {"database": tmp_path / "db", "socket": tmp_path / "s"}, {})
     store = Store(config.database)
     await store.open()
@@ -207,12 +208,12 @@ async def test_a_container_never_starts_before_its_image_is_on_record(
     engine = Engine(store, runtime, config)  # type: ignore[arg-type]
     real_update = store.update_run
 
-    async def failing_image_record(run_id: int, event: tuple[str, str], *a: Any, **k: Any) -> bool:
+    async def update_run(run_id: int, event: tuple[str, str], *a: Any, **k: Any) -> bool:
         if event[0] == "image_resolved":
-            raise StoreUnavailable("disk full (fake)")
+            return await image_record()
         return await real_update(run_id, event, *a, **k)
 
-    monkeypatch.setattr(store, "update_run", failing_image_record)
+    monkeypatch.setattr(store, "update_run", update_run)
     try:
         spec = JobSpec(namespace="ns", name="job", image="img", network="none")
         run_id = await store.create_run(spec, 1, Trigger.MANUAL, None)
@@ -220,37 +221,32 @@ async def test_a_container_never_starts_before_its_image_is_on_record(
         assert pending is not None
         executor = RunExecutor(engine.ctx, pending)
         await executor.execute()
-        assert runtime.calls == ["create"]  # created beside the failed write, never started
-        assert executor.container_id == "d" * 64 and executor.store_lost
-        run = await store.get_run(run_id)
-        assert run is not None and run.status == RunStatus.STARTING and run.image_id is None
+        return runtime, executor, await store.get_run(run_id)
     finally:
         await store.close()
+
+
+async def test_a_container_never_starts_before_its_image_is_on_record(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The image_resolved record is written while Docker creates the container: if that
+    # write fails, the container exists (its id is known) but is never started, and the
+    # run stays active for reconciliation (which removes a created container, requeues).
+    async def disk_full() -> bool:
+        raise StoreUnavailable("disk full (fake)")
+
+    runtime, executor, run = await execute_with_image_record(tmp_path, monkeypatch, disk_full)
+    assert runtime.calls == ["create"]  # created beside the failed write, never started
+    assert executor.container_id == "d" * 64 and executor.store_lost
+    assert run is not None and run.status == RunStatus.STARTING and run.image_id is None
 
 
 async def test_a_run_finished_elsewhere_while_its_container_is_created_leaves_no_container(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    config = load_config(None, {"database": tmp_path / "db", "socket": tmp_path / "s"}, {})
-    store = Store(config.database)
-    await store.open()
-    runtime = CreatingRuntime()
-    engine = Engine(store, runtime, config)  # type: ignore[arg-type]
-    real_update = store.update_run
+    async def already_final() -> bool:
+        return False  # only_if_active found the run final (pruned, finished by another)
 
-    async def finished_meanwhile(run_id: int, event: tuple[str, str], *a: Any, **k: Any) -> bool:
-        if event[0] == "image_resolved":
-            return False  # only_if_active found the run final (pruned, finished by another)
-        return await real_update(run_id, event, *a, **k)
-
-    monkeypatch.setattr(store, "update_run", finished_meanwhile)
-    try:
-        spec = JobSpec(namespace="ns", name="job", image="img", network="none")
-        run_id = await store.create_run(spec, 1, Trigger.MANUAL, None)
-        pending = await store.get_run(run_id)
-        assert pending is not None
-        await RunExecutor(engine.ctx, pending).execute()
-        assert runtime.calls == ["create"]  # never started
-        assert runtime.removed == ["d" * 64]  # and not left behind
-    finally:
-        await store.close()
+    runtime, _, _ = await execute_with_image_record(tmp_path, monkeypatch, already_final)
+    assert runtime.calls == ["create"]  # never started
+    assert runtime.removed == ["d" * 64]  # and not left behind
