@@ -75,7 +75,8 @@ def status_kb(pid: int, key: str) -> int:
 
 
 def mb(kib: int) -> str:
-    return f"{kib / 1024:.0f} MB"
+    """/proc's kB are KiB: both units, since the issue's "MB" could be either."""
+    return f"{kib / 1024:.1f} MiB ({kib * 1024 / 1e6:.1f} MB)"
 
 
 def percentile(values: list[float], q: float) -> float:
