@@ -1,24 +1,34 @@
-"""Prometheus metrics at /metrics, read from the engine when scraped."""
+"""Prometheus metrics at /metrics, read from the engine when scraped.
+
+prometheus_client (about 1 MiB of RSS) is imported by the first scrape, not at start:
+a daemon nobody scrapes does not hold it.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterator
+from typing import TYPE_CHECKING, cast
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
 
 from ringjobs.engine.engine import Engine
 
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.core import Metric
+    from prometheus_client.registry import Collector
 
-class EngineCollector(Collector):
-    """Gauges and counters computed from the engine's state at scrape time."""
+
+class EngineCollector:
+    """Gauges and counters computed from the engine's state at scrape time (a
+    prometheus_client Collector by its shape, so that module loads only when scraped)."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
     def collect(self) -> Iterator[Metric]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
         engine = self.engine
         up = GaugeMetricFamily("ringjobs_docker_up", "1 if the container engine answers")
         up.add_metric([], 1.0 if engine.engine_ok else 0.0)
@@ -40,10 +50,15 @@ class EngineCollector(Collector):
 
 
 def metrics_handler(engine: Engine) -> Callable[[web.Request], Awaitable[web.Response]]:
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(EngineCollector(engine))
+    registry: CollectorRegistry | None = None
 
     async def handle(request: web.Request) -> web.Response:
+        nonlocal registry
+        from prometheus_client import CollectorRegistry, generate_latest
+
+        if registry is None:
+            registry = CollectorRegistry(auto_describe=False)
+            registry.register(cast("Collector", EngineCollector(engine)))
         await engine.refresh_engine_status()
         body = generate_latest(registry)
         return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4"})

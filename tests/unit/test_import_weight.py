@@ -1,4 +1,4 @@
-"""The daemon's modules import neither docker-py nor cryptography (issue 7).
+"""The daemon's modules import neither docker-py nor cryptography nor prometheus_client (issue 7).
 
 The fast check, without Docker; tests/acceptance/test_daemon_imports.py checks a real
 daemon after real runs.
@@ -10,7 +10,7 @@ import json
 import subprocess
 import sys
 
-HEAVY = ("docker", "requests", "urllib3", "cryptography")
+HEAVY = ("docker", "requests", "urllib3", "cryptography", "prometheus_client")
 _PROBE = """\
 import json, sys
 import ringjobs.daemon
