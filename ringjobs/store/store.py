@@ -450,7 +450,7 @@ class Store:
             return outcomes, record_id
 
         outcomes, record_id = await self._transaction(write)
-        if audit is not None:
+        if audit is not None:  # committed: what it wrote is kept for the API's log line
             run_ids = [o.run_id for o in outcomes if o.run_id is not None]
             audit.written, audit.record_id = _apply_audit(audit, run_ids), record_id
         return outcomes
@@ -878,7 +878,7 @@ class Store:
     async def set_audit_status(self, record_id: int, status: int) -> None:
         """A request whose runs were stored (with its record) failed after all: say so."""
         params = {"id": record_id, "status": status}
-        await self._transaction(lambda conn: conn.execute(_q("set_audit_status"), params))
+        await self._transaction(lambda conn: conn.execute(_q("set_audit_status"), params).close())
 
     async def list_audit_events(
         self, run_id: int | None, before: int | None, limit: int
