@@ -6,8 +6,10 @@ entry; its canonical JSON (`spec_hash`) decides whether an apply is a new revisi
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import time
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
@@ -280,6 +282,18 @@ def utcnow() -> datetime:
 def format_time(value: datetime) -> str:
     """RFC 3339 UTC with microseconds and a Z suffix."""
     return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def format_time_us(time_us: int) -> str:
+    """format_time of a time in microseconds since the epoch, exactly (no float), and
+    cheaply: a log read formats one per line, and lines come many to a second."""
+    seconds, micros = divmod(time_us, 1_000_000)
+    return f"{_utc_second(seconds)}.{micros:06d}Z"
+
+
+@functools.lru_cache(maxsize=64)
+def _utc_second(seconds: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
 
 
 def parse_time(value: str) -> datetime:

@@ -430,11 +430,9 @@ async def _follow_logs(
             while batch := await engine.store.read_logs(
                 source.id, after[source.id], since_us, stream, _PAGE
             ):
-                lines = [r.to_api() for r in batch]
-                if run.fans_out:
-                    for line in lines:
-                        line["completion"] = source.completion_index
-                await _write_lines(request, response, lines)
+                completion = source.completion_index if run.fans_out else None
+                data = "".join(r.to_ndjson(completion) for r in batch).encode()
+                await request.app[STREAMS_KEY].write(request, response, data)
                 after[source.id] = batch[-1].seq
         first = False
         if not follow or current.status.is_terminal:
