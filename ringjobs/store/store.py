@@ -447,7 +447,7 @@ class Store:
         now = format_time(utcnow())
         settings = [(ns.name, ns.model_dump(mode="json")) for ns in namespaces]
 
-        def write(conn: sqlite3.Connection) -> tuple[list[ApplyOutcome], int | None]:
+        def write(conn: sqlite3.Connection) -> tuple[list[ApplyOutcome], _AuditWritten]:
             for name, values in settings:
                 conn.execute(_q("upsert_namespace"), _namespace_params(name, values, now, True))
             outcomes = []
@@ -456,16 +456,14 @@ class Store:
                     _q("upsert_namespace"), _namespace_params(spec.namespace, None, now, False)
                 )
                 outcomes.append(_apply_job(conn, spec, now, decide_start, caller_uid))
-            record_id = None
-            if audit is not None:
-                run_ids = [o.run_id for o in outcomes if o.run_id is not None]
-                record_id = _write_audit(conn, _apply_audit(audit, run_ids), run_ids)
-            return outcomes, record_id
-
-        outcomes, record_id = await self._transaction(write)
-        if audit is not None:  # committed: what it wrote is kept for the API's log line
+            if audit is None:
+                return outcomes, None
             run_ids = [o.run_id for o in outcomes if o.run_id is not None]
-            audit.written, audit.record_id = _apply_audit(audit, run_ids), record_id
+            event = audit.event(audit.status, None, {"run_ids": run_ids, **audit.data})
+            return outcomes, (event, _write_audit(conn, event, run_ids))
+
+        outcomes, written = await self._transaction(write)
+        _keep_written(audit, written)
         return outcomes
 
     async def get_namespace(self, name: str) -> dict[str, Any] | None:
@@ -508,7 +506,7 @@ class Store:
         namespace = _namespace_params(spec.namespace, None, params["now"], False)
         key = {"namespace": spec.namespace, "job": spec.name}
 
-        def write(conn: sqlite3.Connection) -> tuple[int, int | None]:  # one hop per run
+        def write(conn: sqlite3.Connection) -> tuple[int, _AuditWritten]:  # one hop per run
             if fire is not None:
                 claim_fire(conn, spec, fire)
             if refuse_if_active:
@@ -528,16 +526,13 @@ class Store:
                 conn.execute(
                     _q("insert_event"), _event_params(run_id, "scheduled", fire.message, scheduled)
                 )
-            record_id = None
-            if audit is not None:
-                event = audit.event(audit.status, run_id, audit.data)
-                record_id = _write_audit(conn, event, [run_id])
-            return run_id, record_id
+            if audit is None:
+                return run_id, None
+            event = audit.event(audit.status, run_id, audit.data)
+            return run_id, (event, _write_audit(conn, event, [run_id]))
 
-        run_id, record_id = await self._transaction(write)
-        if audit is not None:
-            audit.written = audit.event(audit.status, run_id, audit.data)
-            audit.record_id = record_id
+        run_id, written = await self._transaction(write)
+        _keep_written(audit, written)
         return run_id
 
     async def create_child_run(self, parent: Run, index: int, spec: JobSpec) -> int:
@@ -1009,8 +1004,15 @@ def _apply_job(
     return ApplyOutcome(spec, "created" if current is None else "updated", revision, run_id)
 
 
-def _apply_audit(audit: RequestAudit, run_ids: list[int]) -> dict[str, Any]:
-    return audit.event(audit.status, None, {"run_ids": run_ids, **audit.data})
+# The audit record a transaction wrote, and its row id; None when it had none to write.
+_AuditWritten = tuple[dict[str, Any], int] | None
+
+
+def _keep_written(audit: RequestAudit | None, written: _AuditWritten) -> None:
+    """After the commit: the request's record is stored, for the API's log line and a
+    status correction should the request fail after all."""
+    if audit is not None and written is not None:
+        audit.written, audit.record_id = written
 
 
 def _created_event(
