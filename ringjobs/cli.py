@@ -878,7 +878,7 @@ def cmd_daemon(args: argparse.Namespace) -> int:
     # The only command that may load the heavy daemon stack (aiohttp, docker, pydantic).
     from pathlib import Path
 
-    from ringjobs.daemon import run_daemon
+    from ringjobs.launch import run_daemon
 
     socket = args.daemon_socket or getattr(args, "socket", None)
     paths = [Path(value) if value else None for value in (args.config, socket, args.database)]

@@ -24,7 +24,7 @@ from aiohttp import web
 
 from ringjobs.api.app import create_app
 from ringjobs.api.connections import ConnectionGuard, GuardedUnixSite
-from ringjobs.config import Config, load_config
+from ringjobs.config import Config
 from ringjobs.engine.engine import Engine
 from ringjobs.engine.scheduler import Scheduler
 from ringjobs.exceptions import ConfigError, DaemonAlreadyRunning, RingjobsError
@@ -216,13 +216,9 @@ class Daemon:
         log.info("daemon_stopped")
 
 
-def run_daemon(config_path: Path | None, socket_path: Path | None, database: Path | None) -> int:
-    """Entry point of `ringjobs daemon`; returns the process exit code."""
-    try:
-        config = load_config(config_path, {"socket": socket_path, "database": database})
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr, flush=True)
-        return 1
+def serve(config: Config) -> int:
+    """Run the daemon until it is stopped; returns the process exit code. `ringjobs
+    daemon` comes here through ringjobs.launch, which reads the config first."""
     configure_logging(config.log_level, config.log_format)
     try:
         asyncio.run(Daemon(config).serve())

@@ -1,7 +1,8 @@
 """Prometheus metrics at /metrics, read from the engine when scraped.
 
-prometheus_client (about 1 MiB of RSS) is imported by the first scrape, not at start:
-a daemon nobody scrapes does not hold it.
+prometheus_client (about 1 MiB of RSS, and `ssl`'s 4 MiB in a daemon that had no use
+for it: ringjobs/launch.py) is imported by the first scrape, not at start: a daemon
+nobody scrapes does not hold it.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import TYPE_CHECKING, cast
 from aiohttp import web
 
 from ringjobs.engine.engine import Engine
+from ringjobs.launch import allow_ssl
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -54,6 +56,7 @@ def metrics_handler(engine: Engine) -> Callable[[web.Request], Awaitable[web.Res
 
     async def handle(request: web.Request) -> web.Response:
         nonlocal registry
+        allow_ssl()  # prometheus_client imports ssl
         from prometheus_client import CollectorRegistry, generate_latest
 
         if registry is None:

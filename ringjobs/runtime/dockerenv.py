@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import json
 import os
-import ssl
 import string
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import ParseResult, urlparse, urlunparse
 
 from ringjobs.exceptions import ConfigError
+
+if TYPE_CHECKING:
+    import ssl  # loaded by context() only: see ringjobs/launch.py
 
 DEFAULT_HOST = "unix:///var/run/docker.sock"
 _DEFAULT_TCP_HOST = "127.0.0.1"
@@ -42,6 +44,8 @@ class TLSFiles:
     client_cert: tuple[str, str] | None = None
 
     def context(self) -> ssl.SSLContext:
+        import ssl
+
         try:
             tls = ssl.create_default_context(cafile=self.ca_cert if self.verify else None)
             if not self.verify:

@@ -11,15 +11,17 @@ from __future__ import annotations
 
 import asyncio
 import json
-import ssl
 import struct
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import aiohttp
 
 from ringjobs.exceptions import EngineUnavailable
+
+if TYPE_CHECKING:
+    import ssl  # only a tcp:// engine over TLS loads it: see ringjobs/launch.py
 
 FALLBACK_API_VERSION = "1.41"  # if the engine answers /version without one
 _CALL_TIMEOUT = aiohttp.ClientTimeout(total=60)

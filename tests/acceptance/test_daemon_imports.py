@@ -2,6 +2,7 @@
 
 docker-py with requests and urllib3 (~7 MB of RSS) is for pulls only, cryptography
 (~6.6 MB) for secrets only: a daemon that runs jobs without either never loads them.
+OpenSSL's libssl (~4 MiB) is for a Docker engine reached over TLS only.
 The daemon is the real CLI entry point, started by a two-line wrapper that writes
 `sys.modules` to a file when the process exits (after SIGTERM, as systemd stops it).
 """
@@ -68,11 +69,13 @@ def test_a_daemon_running_jobs_without_secrets_or_pulls_never_loads_them(
     assert ran.returncode == 0, ran.stderr
     assert d.cli("secret", "list", "-n", namespace).returncode == 0  # names only: no key use
     assert "_rust.abi3.so" not in d.shared_objects()  # cryptography's native part
+    assert "libssl" not in d.shared_objects()  # a unix-socket engine: no TLS (ringjobs.launch)
 
     modules = d.modules()
 
     assert loaded(modules, "ringjobs.runtime.docker") and loaded(modules, "aiohttp")
     assert [p for p in HEAVY if loaded(modules, p)] == []
+    assert "_ssl" not in modules
 
 
 def test_a_secret_and_a_pull_load_them_when_needed(
@@ -89,3 +92,4 @@ def test_a_secret_and_a_pull_load_them_when_needed(
     modules = d.modules()
 
     assert [p for p in HEAVY if loaded(modules, p)] == list(HEAVY)
+    assert "_ssl" not in modules  # docker-py pulls over the unix socket without it

@@ -568,9 +568,9 @@ def test_daemon_command_calls_run_daemon(monkeypatch: pytest.MonkeyPatch) -> Non
         calls.append(paths)
         return 7
 
-    module = types.ModuleType("ringjobs.daemon")
+    module = types.ModuleType("ringjobs.launch")
     module.run_daemon = run_daemon  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "ringjobs.daemon", module)
+    monkeypatch.setitem(sys.modules, "ringjobs.launch", module)
     assert cli.main(["daemon", "--socket", "/tmp/s.sock", "--database", "/tmp/d.db"]) == 7
     assert calls == [(None, Path("/tmp/s.sock"), Path("/tmp/d.db"))]
 
