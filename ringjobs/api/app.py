@@ -427,17 +427,43 @@ async def _follow_logs(
                 after[source.id] = await _start_seq(
                     engine, source.id, tail if first else None, since_us, stream
                 )
-            while batch := await engine.store.read_logs(
-                source.id, after[source.id], since_us, stream, _PAGE
-            ):
-                completion = source.completion_index if run.fans_out else None
-                data = "".join(r.to_ndjson(completion) for r in batch).encode()
-                await request.app[STREAMS_KEY].write(request, response, data)
-                after[source.id] = batch[-1].seq
+            completion = source.completion_index if run.fans_out else None
+            after[source.id] = await _send_log_pages(
+                request, response, source.id, after[source.id], since_us, stream, completion
+            )
         first = False
         if not follow or current.status.is_terminal:
             return
         await engine.notifier.wait(token, _FOLLOW_POLL)
+
+
+async def _send_log_pages(
+    request: web.Request,
+    response: web.StreamResponse,
+    run_id: int,
+    after: int,
+    since_us: int,
+    stream: str | None,
+    completion: int | None,
+) -> int:
+    """Send a run's stored lines after seq `after`; returns the last seq sent. Each page
+    is read while the one before it is sent."""
+    store = _engine(request).store
+
+    def read(seq: int) -> asyncio.Future[tuple[bytes, int] | None]:
+        return asyncio.ensure_future(
+            store.read_logs_ndjson(run_id, seq, since_us, stream, _PAGE, completion)
+        )
+
+    reading = read(after)
+    try:
+        while page := await reading:
+            lines, after = page
+            reading = read(after)
+            await request.app[STREAMS_KEY].write(request, response, lines)
+    finally:
+        reading.cancel()  # the client left: the page read ahead is not wanted
+    return after
 
 
 async def _start_seq(

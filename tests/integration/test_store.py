@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import sqlite3
 from collections.abc import AsyncIterator, Iterator
@@ -462,6 +463,42 @@ async def test_read_logs_filters(store: Store) -> None:
     run = await store.get_run(run_id)
     assert run is not None
     assert run.log_bytes == sum(len(f"line {i}") + 1 for i in range(1, 11))
+
+
+# Lines as capture stores them (decoded with errors="replace"): quotes, escapes, every
+# control character, DEL, non-ASCII, astral and replacement characters.
+_AWKWARD = [
+    'say "hi"\\n',
+    "".join(map(chr, range(32))) + "\x7f",
+    "é ü 中文 🚀 \ufffd \x85 \u2028",
+    "",
+    " ",
+]
+
+
+async def test_ndjson_pages_say_what_the_records_say(store: Store) -> None:
+    run_id = await store.create_run(spec(), 1, Trigger.MANUAL, None)
+    times = [0, 999_999, 1_000_000, 1_764_600_000_123_456, 253_402_300_799_999_999]  # to 9999
+    rows = [
+        (run_id, i + 1, 2, ("stdout", "stderr", "system")[i % 3], t, text)
+        for i, (t, text) in enumerate(zip(times, _AWKWARD, strict=True))
+    ]
+    await store.append_logs(rows, {run_id: (1, False)})
+    records = await store.read_logs(run_id)
+
+    page = await store.read_logs_ndjson(run_id, 0, 0, None, 100)
+    assert page is not None
+    data, last = page
+    text = data.decode()
+    assert text.endswith("\n") and last == 5
+    assert [json.loads(line) for line in text.split("\n")[:-1]] == [r.to_api() for r in records]
+    assert [r.line for r in records] == _AWKWARD  # stored as given
+
+    page = await store.read_logs_ndjson(run_id, 1, 1_000_000, "stdout", 1, completion=3)
+    assert page is not None
+    assert json.loads(page[0]) == {**records[3].to_api(), "completion": 3}
+    assert page[1] == 4
+    assert await store.read_logs_ndjson(run_id, 5, 0, None, 100) is None
 
 
 async def test_tail_logs_filters(store: Store) -> None:

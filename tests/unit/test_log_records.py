@@ -1,32 +1,14 @@
-"""A stored log line as the API writes it: the fast NDJSON path equals json.dumps."""
+"""A stored log line's time as the API writes it: integer microseconds, formatted as
+format_time formats a datetime (the NDJSON pages are checked in tests/integration/
+test_store.py)."""
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime
 
 import pytest
 
 from ringjobs.models import format_time, format_time_us
-from ringjobs.store import LogRecord
-
-LINES = [
-    "",
-    "plain",
-    'quotes " and \\ backslash',
-    "tab\tand\x00control\x1f",
-    "üñïçødé and emoji 🎉",
-    "replaced \ufffd bytes",
-    "x" * 20_000,
-]
-
-
-@pytest.mark.parametrize("line", LINES)
-@pytest.mark.parametrize("completion", [None, 0, 7])
-def test_a_log_line_as_ndjson_is_what_json_dumps_writes(line: str, completion: int | None) -> None:
-    record = LogRecord(seq=42, attempt=2, stream="stderr", time_us=1_764_600_000_123_456, line=line)
-    expected = record.to_api() | ({} if completion is None else {"completion": completion})
-    assert record.to_ndjson(completion) == json.dumps(expected) + "\n"
 
 
 @pytest.mark.parametrize(
