@@ -38,7 +38,9 @@ _MAX_ID_DIGITS = 18  # fits SQLite's 64-bit integers
 _MAX_INT = 2**63 - 1
 _WAIT_DEFAULT, _WAIT_MAX = 30.0, 300.0
 _FOLLOW_POLL = 1.0
-_PAGE = 256  # log lines per read: bounds a stream's memory (lines are <= max_line_bytes)
+# Log lines per read. A stream holds two pages (one sent, the next read meanwhile):
+# bounded, as lines are <= max_line_bytes.
+_PAGE = 256
 
 ENGINE_KEY = web.AppKey("engine", Engine)
 STREAMS_KEY = web.AppKey("streams", StreamSlots)
@@ -461,8 +463,11 @@ async def _send_log_pages(
             lines, after = page
             reading = read(after)
             await request.app[STREAMS_KEY].write(request, response, lines)
-    finally:
-        reading.cancel()  # the client left: the page read ahead is not wanted
+    finally:  # the client left, or a read failed: the page read ahead is not wanted
+        if not reading.done():
+            reading.cancel()
+        elif not reading.cancelled():
+            reading.exception()  # retrieved, so that asyncio does not log it as lost
     return after
 
 

@@ -1,7 +1,7 @@
 """Prometheus metrics at /metrics, read from the engine when scraped.
 
 prometheus_client (about 1 MiB of RSS, and `ssl`'s 4 MiB in a daemon that had no use
-for it: ringjobs/launch.py) is imported by the first scrape, not at start: a daemon
+for it: ringjobs/sslgate.py) is imported by the first scrape, not at start: a daemon
 nobody scrapes does not hold it.
 """
 
@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, cast
 from aiohttp import web
 
 from ringjobs.engine.engine import Engine
-from ringjobs.launch import allow_ssl
+from ringjobs.sslgate import allow_ssl
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry

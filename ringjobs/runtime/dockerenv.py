@@ -20,7 +20,7 @@ from urllib.parse import ParseResult, urlparse, urlunparse
 from ringjobs.exceptions import ConfigError
 
 if TYPE_CHECKING:
-    import ssl  # loaded by context() only: see ringjobs/launch.py
+    import ssl  # loaded by context() only: see ringjobs/sslgate.py
 
 DEFAULT_HOST = "unix:///var/run/docker.sock"
 _DEFAULT_TCP_HOST = "127.0.0.1"

@@ -21,7 +21,7 @@ import aiohttp
 from ringjobs.exceptions import EngineUnavailable
 
 if TYPE_CHECKING:
-    import ssl  # only a tcp:// engine over TLS loads it: see ringjobs/launch.py
+    import ssl  # only a tcp:// engine over TLS loads it: see ringjobs/sslgate.py
 
 FALLBACK_API_VERSION = "1.41"  # if the engine answers /version without one
 _CALL_TIMEOUT = aiohttp.ClientTimeout(total=60)

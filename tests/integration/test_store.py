@@ -961,7 +961,8 @@ async def query_plans(
     plans = []
     with plain(store.path) as plain_db:
         for sql, params in seen:
-            if sql.lstrip().upper().startswith(("SELECT", "DELETE", "UPDATE")):
+            statement = re.sub(r"^(\s*--[^\n]*\n)*", "", sql)  # after its comment lines
+            if statement.lstrip().upper().startswith(("SELECT", "DELETE", "UPDATE")):
                 rows = plain_db.execute("EXPLAIN QUERY PLAN " + sql, params or ()).fetchall()
                 plans.append(" | ".join(r["detail"] for r in rows))
     return plans
@@ -988,11 +989,12 @@ async def test_log_reads_use_the_log_index(store: Store, monkeypatch: pytest.Mon
 
     async def action() -> None:
         await store.read_logs(run_id, after=3)
+        await store.read_logs_ndjson(run_id, 3, 0, "stdout", 256)
         await store.tail_logs(run_id, 10)
         await store.last_log_seq(run_id)
 
     plans = await query_plans(store, monkeypatch, action)
-    assert len(plans) == 3
+    assert len(plans) == 4
     for plan in plans:
         assert "log_lines_by_run" in plan, plan
 

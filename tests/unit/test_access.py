@@ -254,6 +254,28 @@ def test_streams_are_capped_and_a_client_that_stops_reading_is_dropped(short_tmp
             sock.close()
 
 
+def test_a_log_of_several_pages_comes_whole_and_in_order(short_tmp: Path) -> None:
+    """Pages are read ahead while the one before is sent: none is lost or repeated."""
+    with ApiServer(short_tmp) as server:
+        _, _, applied = call(server, "POST", "/v1/apply", APPLY)
+        run_id = applied["jobs"][0]["run_id"]
+        wait_terminal(server, run_id)
+        base = server.call(server.store.last_log_seq(run_id))  # its `system` lines
+        seqs = range(base + 1, base + 1001)  # 3.9 pages
+        rows = [(run_id, s, 1, "stdout" if s % 3 else "stderr", s, f"line {s}") for s in seqs]
+        server.call(server.store.append_logs(rows, {run_id: (1, False)}))
+
+        status, kind, body = call(server, "GET", f"/v1/runs/{run_id}/logs")
+        records = [json.loads(line) for line in body.split(b"\n")[:-1]]
+        assert (status, kind) == (200, "application/x-ndjson")
+        assert [r["seq"] for r in records] == list(range(1, base + 1001))
+        assert [r["line"] for r in records[base:]] == [f"line {s}" for s in seqs]
+
+        _, _, body = call(server, "GET", f"/v1/runs/{run_id}/logs?tail=300&stream=stdout")
+        stdout = [s for s in seqs if s % 3]
+        assert [json.loads(line)["seq"] for line in body.splitlines()] == stdout[-300:]
+
+
 def test_a_run_wait_takes_a_stream_slot(short_tmp: Path) -> None:
     """A wait may block for minutes, so it counts against max_log_streams like a follow."""
     from ringjobs.api.app import STREAMS_KEY

@@ -25,7 +25,8 @@ from pathlib import Path
 def serve(config):
     import aiohttp.client_reqrep, aiohttp.web, asyncio.base_events
     seen = {"asyncio": asyncio.base_events.ssl is not None,
-            "aiohttp": aiohttp.client_reqrep.ssl is not None}
+            "aiohttp": aiohttp.client_reqrep.ssl is not None,
+            "pyOpenSSL": sys.modules.get("OpenSSL", "") is not None}
     print(json.dumps(seen))
     return 7
 
@@ -65,7 +66,7 @@ def test_ssl_is_loaded_only_for_an_engine_reached_over_tls(
     done = launch(tmp_path, f"docker_host: {json.dumps(docker_host)}\n", **environ)
 
     assert done.returncode == 7, done.stderr
-    assert json.loads(done.stdout) == {"asyncio": tls, "aiohttp": tls}
+    assert json.loads(done.stdout) == {"asyncio": tls, "aiohttp": tls, "pyOpenSSL": tls}
 
 
 def test_an_engine_address_that_does_not_parse_keeps_ssl_for_the_daemon_to_report() -> None:
@@ -92,7 +93,7 @@ from pathlib import Path
 def serve(config):
     import asyncio.base_events
     import ringjobs.api.app, ringjobs.engine.engine, ringjobs.runtime.docker  # the stack
-    from ringjobs.launch import allow_ssl
+    from ringjobs.sslgate import allow_ssl
     allow_ssl()
     import prometheus_client.exposition
     print(json.dumps({"asyncio": asyncio.base_events.ssl is not None,

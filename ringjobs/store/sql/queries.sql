@@ -106,13 +106,14 @@ ORDER BY seq LIMIT :limit;
 -- name: read_logs_ndjson
 -- read_logs as the API's NDJSON lines (LogRecord.to_api, with "completion" when given),
 -- built by SQLite on the reading thread: encoding them in Python held the event loop
--- for most of a large read (logs RUN of 256 MiB: about 88 -> 130 MiB/s). json_quote leaves non-ASCII as UTF-8 where json.dumps
--- writes \u escapes; the JSON values are the same.
+-- for most of a large read (logs RUN of 256 MiB: about 88 -> 130 MiB/s). json_quote
+-- leaves non-ASCII as UTF-8 where json.dumps writes \u escapes: the same JSON values.
+-- Times are >= 0 (from the clock), so / and % need no flooring.
 SELECT seq, CAST(printf( -- as UTF-8 bytes, sent as they are
     '{"seq": %d, "attempt": %d, "stream": "%s", "time": "%s.%06dZ", "line": %s%s}%s',
     seq, attempt, CASE stream WHEN 1 THEN 'stdout' WHEN 2 THEN 'stderr' ELSE 'system' END,
     strftime('%Y-%m-%dT%H:%M:%S', time / 1000000, 'unixepoch'), time % 1000000,
-    json_quote(line), -- one copy of the line into the result: printf, not ||
+    json_quote(line), -- copied once into the result: printf, not ||
     CASE WHEN :completion IS NULL THEN '' ELSE ', "completion": ' || :completion END,
     char(10)) AS BLOB)
 FROM log_lines
