@@ -716,13 +716,7 @@ class Store:
         stream: str | None = None,
         limit: int = 1000,
     ) -> list[LogRecord]:
-        params = {
-            "run_id": run_id,
-            "after": after,
-            "since": since_us,
-            "limit": limit,
-            "stream": _STREAM_CODES[stream] if stream else None,
-        }
+        params = _log_page_params(run_id, after, since_us, stream, limit)
         return [_log_from_row(r) for r in await self._fetchall(_q("read_logs"), params)]
 
     async def read_logs_ndjson(
@@ -736,15 +730,8 @@ class Store:
     ) -> tuple[bytes, int] | None:
         """read_logs as NDJSON lines in UTF-8 (LogRecord.to_api, with `completion` if
         given), and the last line's seq; None when there are no more lines."""
-        params = {
-            "run_id": run_id,
-            "after": after,
-            "since": since_us,
-            "limit": limit,
-            "stream": _STREAM_CODES[stream] if stream else None,
-            "completion": completion,
-        }
-        rows = await self._fetchall(_q("read_logs_ndjson"), params)
+        params = _log_page_params(run_id, after, since_us, stream, limit)
+        rows = await self._fetchall(_q("read_logs_ndjson"), {**params, "completion": completion})
         return (b"".join([row[1] for row in rows]), rows[-1][0]) if rows else None
 
     async def tail_logs(
@@ -961,6 +948,18 @@ def _job_from_row(row: aiosqlite.Row) -> StoredJob:
         created_at=row["created_at"],
         updated_at=row["updated_at"],
     )
+
+
+def _log_page_params(
+    run_id: int, after: int, since_us: int, stream: str | None, limit: int
+) -> dict[str, Any]:
+    return {
+        "run_id": run_id,
+        "after": after,
+        "since": since_us,
+        "limit": limit,
+        "stream": _STREAM_CODES[stream] if stream else None,
+    }
 
 
 def _log_from_row(row: aiosqlite.Row) -> LogRecord:
