@@ -6,7 +6,6 @@ entry; its canonical JSON (`spec_hash`) decides whether an apply is a new revisi
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import time
@@ -285,15 +284,9 @@ def format_time(value: datetime) -> str:
 
 
 def format_time_us(time_us: int) -> str:
-    """format_time of a time in microseconds since the epoch, exactly (no float), and
-    cheaply: a log read formats one per line, and lines come many to a second."""
+    """format_time of a time in microseconds since the epoch, exactly (no float)."""
     seconds, micros = divmod(time_us, 1_000_000)
-    return f"{_utc_second(seconds)}.{micros:06d}Z"
-
-
-@functools.lru_cache(maxsize=64)
-def _utc_second(seconds: int) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+    return f"{time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(seconds))}.{micros:06d}Z"
 
 
 def parse_time(value: str) -> datetime:
