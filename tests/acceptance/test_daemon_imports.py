@@ -69,7 +69,7 @@ def test_a_daemon_running_jobs_without_secrets_or_pulls_never_loads_them(
     assert ran.returncode == 0, ran.stderr
     assert d.cli("secret", "list", "-n", namespace).returncode == 0  # names only: no key use
     assert "_rust.abi3.so" not in d.shared_objects()  # cryptography's native part
-    assert "libssl" not in d.shared_objects()  # a unix-socket engine: no TLS (ringjobs.launch)
+    assert "libssl" not in d.shared_objects()  # a unix-socket engine: no TLS (ringjobs/sslgate.py)
 
     modules = d.modules()
 

@@ -18,10 +18,8 @@ import pytest
 from ringjobs.config import load_config
 from ringjobs.launch import speaks_tls
 
-_PROBE = """\
-import json, sys, types
-from pathlib import Path
-
+# A stand-in for the daemon's stack: `serve` (each test's own) says what it saw.
+_SEES_SSL = """\
 def serve(config):
     import aiohttp.client_reqrep, aiohttp.web, asyncio.base_events
     seen = {"asyncio": asyncio.base_events.ssl is not None,
@@ -29,7 +27,11 @@ def serve(config):
             "pyOpenSSL": sys.modules.get("OpenSSL", "") is not None}
     print(json.dumps(seen))
     return 7
-
+"""
+_LAUNCH = """\
+import json, sys, types
+from pathlib import Path
+{serve}
 stand_in = types.ModuleType("ringjobs.daemon")
 stand_in.serve = serve
 sys.modules["ringjobs.daemon"] = stand_in
@@ -39,12 +41,15 @@ sys.exit(run_daemon(Path(sys.argv[1]), None, None))
 _TLS_VARIABLES = ("DOCKER_HOST", "DOCKER_TLS_VERIFY", "DOCKER_CERT_PATH", "RINGJOBS_DOCKER_HOST")
 
 
-def launch(tmp_path: Path, config_text: str, **environ: str) -> subprocess.CompletedProcess[str]:
+def launch(
+    tmp_path: Path, config_text: str, serve: str = _SEES_SSL, **environ: str
+) -> subprocess.CompletedProcess[str]:
     config = tmp_path / "config.yaml"
     config.write_text(config_text)
     env = {k: v for k, v in os.environ.items() if k not in _TLS_VARIABLES} | environ
+    code = _LAUNCH.format(serve=serve)
     return subprocess.run(
-        [sys.executable, "-c", _PROBE, str(config)], capture_output=True, text=True, env=env
+        [sys.executable, "-c", code, str(config)], capture_output=True, text=True, env=env
     )
 
 
@@ -87,9 +92,6 @@ def test_a_metrics_scrape_can_still_import_prometheus_client_which_needs_ssl(
     tmp_path: Path,
 ) -> None:
     scrape = """\
-import json, sys, types
-from pathlib import Path
-
 def serve(config):
     import asyncio.base_events
     import ringjobs.api.app, ringjobs.engine.engine, ringjobs.runtime.docker  # the stack
@@ -99,21 +101,8 @@ def serve(config):
     print(json.dumps({"asyncio": asyncio.base_events.ssl is not None,
                       "prometheus": prometheus_client.exposition.ssl is not None}))
     return 7
-
-stand_in = types.ModuleType("ringjobs.daemon")
-stand_in.serve = serve
-sys.modules["ringjobs.daemon"] = stand_in
-from ringjobs.launch import run_daemon
-sys.exit(run_daemon(Path(sys.argv[1]), None, None))
 """
-    (tmp_path / "config.yaml").write_text("{}\n")
-    env = {k: v for k, v in os.environ.items() if k not in _TLS_VARIABLES}
-    done = subprocess.run(
-        [sys.executable, "-c", scrape, str(tmp_path / "config.yaml")],
-        capture_output=True,
-        text=True,
-        env=env,
-    )
+    done = launch(tmp_path, "{}\n", serve=scrape)
 
     assert done.returncode == 7, done.stderr
     assert json.loads(done.stdout) == {"asyncio": False, "prometheus": True}
