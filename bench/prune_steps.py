@@ -1,17 +1,15 @@
 """Where the time of a large prune goes, step by step, and what a writer waits meanwhile.
 
     .venv/bin/python bench/prune_steps.py [--runs 300000] [--prune 100000]
-                                          [--writer-gap 0.05] [--autocheckpoint PAGES]
+                                          [--writer-gap 0.05]
 
 Builds (once, cached in /tmp) a history like bench/scale_bench.py's (runs of 100 jobs,
 10 log lines each), copies it, and deletes the oldest `--prune` runs through
 Store.delete_runs as a prune does, while a writer adds one event every `--writer-gap`
 seconds. Prints, for the writer's thread: the delete steps (their work and their
-commit, which includes SQLite's WAL checkpoints), the vacuum steps and the final WAL
-truncate; the bytes the process wrote; the largest WAL; and the writer's waits.
-`--autocheckpoint` sets the writer's wal_autocheckpoint for the run instead of SQLite's
-1,000 pages, to show what checkpoints cost (0: none; the WAL then holds everything
-until the final truncate). No Docker needed.
+commit), the vacuum steps and the final WAL truncate; the checkpoints after each step,
+which run without the write lock; the bytes the process wrote; the largest WAL; and the
+writer's waits. No Docker needed.
 A benchmark, not a test: it asserts nothing.
 """
 
@@ -59,8 +57,11 @@ class Timings:
 
     def install(self) -> None:
         real_on_writer, real_delete = Store._on_writer, store_module._delete_some
+        real_checkpoint = Store._checkpoint
 
-        async def on_writer(store: Store, call: Callable[[sqlite3.Connection], T]) -> T:
+        async def on_writer(
+            store: Store, call: Callable[[sqlite3.Connection], T], bulk: bool = False
+        ) -> T:
             name = getattr(getattr(call, "func", call), "__name__", "call")
 
             def timed(conn: sqlite3.Connection) -> T:
@@ -72,7 +73,12 @@ class Timings:
                     self.calls[kind].append(time.perf_counter() - started)
                     self._deleting = False
 
-            return await real_on_writer(store, timed)
+            return await real_on_writer(store, timed, bulk)
+
+        async def checkpoint(store: Store) -> None:
+            started = time.perf_counter()
+            await real_checkpoint(store)
+            self.calls["checkpoint without the lock"].append(time.perf_counter() - started)
 
         def delete_some(*args: Any) -> Any:
             self._deleting = True
@@ -83,15 +89,13 @@ class Timings:
                 self.work.append(time.perf_counter() - started)
 
         Store._on_writer = on_writer  # type: ignore[method-assign,assignment]
+        Store._checkpoint = checkpoint  # type: ignore[method-assign]
         store_module._delete_some = delete_some  # type: ignore[assignment]
 
 
-async def measure(database: Path, prune: int, gap: float, autocheckpoint: int | None) -> None:
+async def measure(database: Path, prune: int, gap: float) -> None:
     store = Store(database)
     await store.open()
-    if autocheckpoint is not None:
-        assert store._writer is not None
-        await store._writer.execute(f"PRAGMA wal_autocheckpoint = {autocheckpoint}")
     timings, waits, wal = Timings(), [], [0]
     timings.install()
     done = asyncio.Event()
@@ -130,7 +134,6 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=300_000)
     parser.add_argument("--prune", type=int, default=100_000)
     parser.add_argument("--writer-gap", type=float, default=0.05)
-    parser.add_argument("--autocheckpoint", type=int, metavar="PAGES")
     args = parser.parse_args()
     cached = Path(tempfile.gettempdir()) / f"ringjobs-prune-steps-{args.runs}.db"
     if not cached.exists():
@@ -141,7 +144,7 @@ def main() -> None:
         database = Path(tmp) / "rj.db"
         shutil.copy(cached, database)
         os.sync()  # else the first commit's fsync writes the whole copy back (a 1.5 s stall)
-        asyncio.run(measure(database, args.prune, args.writer_gap, args.autocheckpoint))
+        asyncio.run(measure(database, args.prune, args.writer_gap))
 
 
 if __name__ == "__main__":

@@ -76,6 +76,7 @@ _PRUNE_LINES = 10_000  # log lines per statement (one run's log can be millions 
 _VACUUM_STEP_SECONDS = 0.02
 _VACUUM_FIRST_PAGES = 256  # then sized to the time the last step took
 _VACUUM_MIN_PAGES = 16
+_AUTOCHECKPOINT_PAGES = 1000  # SQLite's default: every commit but a bulk step's checkpoints
 _ACTIVE = ("pending", "starting", "running")
 _PRAGMAS = (
     "auto_vacuum = INCREMENTAL",
@@ -203,6 +204,7 @@ class Store:
         self._scanner: aiosqlite.Connection | None = None
         self._lock = asyncio.Lock()
         self._waiting = 0  # tasks waiting for _lock: a prune step ends early for them
+        self._deferring = 0  # bulk writes under way (see _deferred_checkpoints)
         self.instance_id = ""
 
     # -- lifecycle ---------------------------------------------------------------
@@ -217,7 +219,7 @@ class Store:
                 f"cannot create {self.path}: {exc.strerror} "
                 "(check the database path and its permissions)"
             ) from exc
-        self._lock, self._waiting = asyncio.Lock(), 0
+        self._lock, self._waiting, self._deferring = asyncio.Lock(), 0, 0
         self._writer = await self._connect()
         try:
             await self._check_integrity(self._writer)
@@ -361,7 +363,7 @@ class Store:
                     "(check free disk space and that the file is writable)"
                 ) from exc
 
-    async def _transaction(self, work: Callable[[sqlite3.Connection], T]) -> T:
+    async def _transaction(self, work: Callable[[sqlite3.Connection], T], bulk: bool = False) -> T:
         """BEGIN IMMEDIATE, `work`, COMMIT as one call on the writer's thread.
 
         For the writes every run makes: one thread hop per transaction instead of one per
@@ -385,13 +387,20 @@ class Store:
                 raise
             return result
 
-        return await self._on_writer(run)
+        return await self._on_writer(run, bulk)
 
-    async def _on_writer(self, call: Callable[[sqlite3.Connection], T]) -> T:
-        """`call` on the writer's thread under the write lock, as one hop."""
+    async def _on_writer(self, call: Callable[[sqlite3.Connection], T], bulk: bool = False) -> T:
+        """`call` on the writer's thread under the write lock, as one hop.
+
+        bulk: a step of a bulk write, inside _deferred_checkpoints. It first checkpoints
+        the few WAL frames other writers added since the last step (so its own frames
+        start a fresh WAL), and its frames are checkpointed after the lock is released.
+        """
         db = self._writer
         if db is None:
             raise StoreUnavailable("the database is closed (the daemon is shutting down)")
+        if bulk:
+            call = partial(_checkpointed_first, call)
         async with self._locked():
             try:
                 # aiosqlite has no public call for "run this on your thread"; _execute is
@@ -402,7 +411,9 @@ class Store:
                     f"cannot write the database {self.path}: {exc} "
                     "(check free disk space and that the file is writable)"
                 ) from exc
-            return result
+        if bulk:
+            await self._checkpoint()
+        return result
 
     async def _fetchall(self, sql: str, params: Any, scan: bool = False) -> list[aiosqlite.Row]:
         db = self._scanner if scan else self._reader
@@ -783,10 +794,12 @@ class Store:
         """
         ids = list(run_ids)
         runs = lines = events = 0
-        while runs < len(ids):
-            step = await self._transaction(partial(_delete_some, ids, runs, self._others_wait))
-            runs, lines, events = runs + step.runs, lines + step.lines, events + step.events
-        await self._reclaim_space()
+        async with self._deferred_checkpoints():
+            while runs < len(ids):
+                delete = partial(_delete_some, ids, runs, self._others_wait)
+                step = await self._transaction(delete, bulk=True)
+                runs, lines, events = runs + step.runs, lines + step.lines, events + step.events
+            await self._reclaim_space()
         return lines, events
 
     # -- secrets and live sources ------------------------------------------------
@@ -866,11 +879,44 @@ class Store:
         pages = _VACUUM_FIRST_PAGES
         while free > 0:  # pages freed meanwhile by others: their own reclaim takes them
             step = min(pages, free)
-            took = await self._on_writer(partial(_vacuum, step))
+            took = await self._on_writer(partial(_vacuum, step), bulk=True)
             free -= step
             pages = max(_VACUUM_MIN_PAGES, min(2 * step, int(step * _VACUUM_STEP_SECONDS / took)))
         # The file shrinks when the WAL is checkpointed; TRUNCATE also empties the WAL.
         await self._on_writer(_truncate_wal)
+
+    @asynccontextmanager
+    async def _deferred_checkpoints(self) -> AsyncIterator[None]:
+        """No commit checkpoints meanwhile: the bulk steps checkpoint without the lock.
+
+        SQLite's auto-checkpoint runs inside the commit that finds the WAL over 1,000
+        pages, so a write queued behind a prune step (~1,500 pages) would copy that
+        step's pages, or wait while another writer does, before the lock is free again.
+        """
+        self._deferring += 1
+        if self._deferring == 1:
+            await self._on_writer(partial(_set_autocheckpoint, 0))
+        try:
+            yield
+        finally:
+            self._deferring -= 1
+            if self._deferring == 0 and self._writer is not None:
+                pages = _AUTOCHECKPOINT_PAGES
+                await asyncio.shield(self._on_writer(partial(_set_autocheckpoint, pages)))
+
+    async def _checkpoint(self) -> None:
+        """Copy the WAL into the database; PASSIVE: writers go on meanwhile.
+
+        On the scanner's connection (only a prune's candidates scan there), so it queues
+        neither behind the writer's next step nor in front of API reads.
+        """
+        db = self._scanner
+        if db is None:
+            raise StoreUnavailable("the database is closed (the daemon is shutting down)")
+        try:
+            await db.execute_fetchall("PRAGMA wal_checkpoint(PASSIVE)")
+        except sqlite3.OperationalError as exc:
+            raise StoreUnavailable(f"cannot checkpoint the database {self.path}: {exc}") from exc
 
     # -- audit (who changed what through the socket) ---------------------------------
 
@@ -1113,6 +1159,15 @@ def _delete_some(
         if over():
             break
     return _Deleted(runs, lines, events)
+
+
+def _set_autocheckpoint(pages: int, conn: sqlite3.Connection) -> None:
+    conn.execute(f"PRAGMA wal_autocheckpoint = {int(pages)}").close()
+
+
+def _checkpointed_first(call: Callable[[sqlite3.Connection], T], conn: sqlite3.Connection) -> T:
+    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").close()
+    return call(conn)
 
 
 def _free_pages(conn: sqlite3.Connection) -> int:

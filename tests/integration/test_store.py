@@ -82,9 +82,9 @@ def record_calls(store: Store, method: str, monkeypatch: pytest.MonkeyPatch) -> 
     seen: list[Any] = []
     real = getattr(store, method)
 
-    async def recording(work: Any) -> Any:
+    async def recording(work: Any, *args: Any, **kwargs: Any) -> Any:
         seen.append(work)
-        return await real(work)
+        return await real(work, *args, **kwargs)
 
     monkeypatch.setattr(store, method, recording)
     return seen
@@ -660,12 +660,12 @@ async def test_a_prune_cut_short_leaves_no_orphans_and_the_next_one_finishes(
     real = store._transaction
     steps = 0
 
-    async def dies_at_the_fifth_step(work: Any) -> Any:
+    async def dies_at_the_fifth_step(work: Any, *args: Any, **kwargs: Any) -> Any:
         nonlocal steps
         steps += 1
         if steps == 5:
             raise RuntimeError("the daemon died here")
-        return await real(work)
+        return await real(work, *args, **kwargs)
 
     monkeypatch.setattr(store, "_transaction", dies_at_the_fifth_step)
     monkeypatch.setattr(store_module, "_PRUNE_STEP_SECONDS", 0.0)
@@ -711,6 +711,64 @@ async def test_freed_pages_go_back_in_short_steps(
         assert db.execute("PRAGMA freelist_count").fetchone()[0] == 0
     assert file_size(store.path) < size_before / 4, (size_before, file_size(store.path))
     assert len(await store.read_logs(kept[0], limit=1000)) == 400
+
+
+def wal_restarts(path: Path) -> int:
+    """The WAL header's checkpoint sequence: SQLite adds one each time the WAL starts over."""
+    with open(path.with_name(path.name + "-wal"), "rb") as wal:
+        return int.from_bytes(wal.read(16)[12:16], "big")
+
+
+async def writer_autocheckpoint(store: Store) -> int:
+    return int(
+        await store._on_writer(lambda c: c.execute("PRAGMA wal_autocheckpoint").fetchone()[0])
+    )
+
+
+async def test_a_prune_checkpoints_after_each_step_without_the_lock(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run_ids = await runs_with_logs(store, 61, 50)
+    monkeypatch.setattr(store_module, "_PRUNE_STEP_SECONDS", 0.0)  # a chunk a step
+    monkeypatch.setattr(store_module, "_PRUNE_CHUNK", 10)
+    real = store._checkpoint
+    seen: list[tuple[bool, int, int]] = []  # after each step: lock held, restarts, autocheckpoint
+
+    async def checkpoint() -> None:
+        seen.append(
+            (store._lock.locked(), wal_restarts(store.path), await writer_autocheckpoint(store))
+        )
+        # Another writer commits while the checkpoint runs (a reader's snapshot keeps
+        # the checkpoint from copying that commit's pages, as their timing would).
+        reader = plain(store.path)
+        reader.execute("BEGIN")
+        reader.execute("SELECT count(*) FROM runs").fetchone()
+        await store.add_event(run_ids[60], "probe", "another writer's commit", {})
+        await real()
+        reader.close()
+
+    monkeypatch.setattr(store, "_checkpoint", checkpoint)
+    assert await writer_autocheckpoint(store) == store_module._AUTOCHECKPOINT_PAGES
+    assert await store.delete_runs(run_ids[:60]) == (60 * 50, 60)
+
+    assert len(seen) > 6, seen  # six delete steps, then the vacuum's
+    assert [locked for locked, _, _ in seen] == [False] * len(seen)
+    # No commit checkpointed meanwhile (a write queued behind a step would have copied
+    # that step's pages). Each step began the WAL anew: it first copied the pages that
+    # the last step's checkpoint left.
+    assert [pages for _, _, pages in seen] == [0] * len(seen)
+    restarts = [n for _, n, _ in seen]
+    assert restarts == sorted(set(restarts)), restarts
+    assert await writer_autocheckpoint(store) == store_module._AUTOCHECKPOINT_PAGES
+
+    def dies(*_args: Any) -> Any:
+        raise RuntimeError("a step failed")
+
+    monkeypatch.setattr(store_module, "_delete_some", dies)
+    with pytest.raises(RuntimeError):
+        await store.delete_runs(run_ids[60:])
+    assert await writer_autocheckpoint(store) == store_module._AUTOCHECKPOINT_PAGES
+    assert [r.id for r in await store.list_runs(limit=10)] == run_ids[60:]
 
 
 async def test_delete_runs_of_nothing(store: Store) -> None:
