@@ -56,6 +56,7 @@ def fill(path: Path, runs: int, lines: int) -> None:
     line = "x" * 80
     with sqlite3.connect(path) as db:
         db.execute("PRAGMA synchronous = OFF")
+        spec_id = db.execute("INSERT INTO run_specs (spec) VALUES (?)", (spec,)).lastrowid
         for first in range(1, runs + 1, 10_000):
             ids = range(first, min(first + 10_000, runs + 1))
             stamps = {
@@ -63,10 +64,10 @@ def fill(path: Path, runs: int, lines: int) -> None:
             }
             db.executemany(
                 "INSERT INTO runs (id, namespace, job, revision, trigger, status, created_at, "
-                "finished_at, spec, log_bytes) VALUES (?, ?, ?, 1, 'schedule', ?, ?, ?, ?, ?)",
+                "finished_at, spec_id, log_bytes) VALUES (?, ?, ?, 1, 'schedule', ?, ?, ?, ?, ?)",
                 [
                     (i, NAMESPACE, f"job{i % JOBS}", "failed" if i % 7 == 0 else "completed",
-                     stamps[i], stamps[i], spec, lines * 81)
+                     stamps[i], stamps[i], spec_id, lines * 81)
                     for i in ids
                 ],
             )  # fmt: skip

@@ -31,6 +31,7 @@ from scale_bench import build_history
 
 import ringjobs.store.store as store_module
 from ringjobs.store import Store
+from ringjobs.store.queries import migrations
 
 T = TypeVar("T")
 
@@ -135,7 +136,8 @@ def main() -> None:
     parser.add_argument("--prune", type=int, default=100_000)
     parser.add_argument("--writer-gap", type=float, default=0.05)
     args = parser.parse_args()
-    cached = Path(tempfile.gettempdir()) / f"ringjobs-prune-steps-{args.runs}.db"
+    version = max(v for v, _ in migrations())  # a history of an older schema is built anew
+    cached = Path(tempfile.gettempdir()) / f"ringjobs-prune-steps-{args.runs}-v{version}.db"
     if not cached.exists():
         started = time.perf_counter()
         build_history(cached, args.runs, 10)

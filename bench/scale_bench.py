@@ -364,12 +364,15 @@ def build_history(path: Path, runs: int, lines_per_run: int) -> datetime:
             "INSERT OR IGNORE INTO namespaces (name, created_at, updated_at) VALUES (?, ?, ?)",
             (NAMESPACE, _t(first), _t(first)),
         )
-        for s in spec.values():
+        spec_ids = {}
+        for j, s in spec.items():
             db.execute(
                 "INSERT INTO jobs (namespace, name, revision, spec, spec_hash, created_at,"
                 " updated_at) VALUES (?, ?, 1, ?, ?, ?, ?)",
                 (NAMESPACE, s.name, s.canonical_json(), s.spec_hash(), _t(first), _t(first)),
             )
+            insert = "INSERT INTO run_specs (spec) VALUES (?)"
+            spec_ids[j] = db.execute(insert, (s.canonical_json(),)).lastrowid
     batch = 20_000
     for start in range(0, runs, batch):
         run_rows, line_rows, event_rows = [], [], []
@@ -388,7 +391,7 @@ def build_history(path: Path, runs: int, lines_per_run: int) -> datetime:
                     _t(finished),
                     IMAGE,
                     lines_per_run * 40,
-                    spec[j].canonical_json(),
+                    spec_ids[j],
                 )
             )
             us = int(created.timestamp() * 1e6)
@@ -403,7 +406,7 @@ def build_history(path: Path, runs: int, lines_per_run: int) -> datetime:
         with db:
             db.executemany(
                 "INSERT INTO runs (id, namespace, job, revision, trigger, status, exit_code,"
-                " attempt, created_at, started_at, finished_at, image, log_bytes, spec)"
+                " attempt, created_at, started_at, finished_at, image, log_bytes, spec_id)"
                 " VALUES (?, ?, ?, 1, ?, 'completed', 0, 1, ?, ?, ?, ?, ?, ?)",
                 run_rows,
             )

@@ -516,7 +516,7 @@ class Store:
                         "concurrency_policy: Allow"
                     )
             conn.execute(_q("upsert_namespace"), namespace)
-            run_id = int(conn.execute(_q("insert_run"), params).lastrowid or 0)
+            run_id = _insert_run(conn, params)
             conn.execute(_q("insert_event"), _created_event(run_id, trigger, revision, caller_uid))
             if fire is not None:
                 link_fire(conn, spec, fire, run_id)
@@ -536,6 +536,7 @@ class Store:
     async def create_child_run(self, parent: Run, index: int, spec: JobSpec) -> int:
         """The run of completion `index` of a fan-out run; a second call adds nothing."""
         async with self._write() as db:
+            await db.execute(_q("insert_run_spec"), {"spec": spec.canonical_json()})
             cur = await db.execute(
                 _q("insert_child_run"),
                 {
@@ -587,11 +588,11 @@ class Store:
         where = [f"{col} = :{col}" for col in _RUN_FILTERS if given[col] is not None]
         where.append("parent_id IS NULL")  # completions are listed by their parent
         if before is not None:
-            where.append("id < :before")
-        sql = "SELECT * FROM runs"
+            where.append("runs.id < :before")
+        sql = "SELECT runs.*, spec FROM runs JOIN run_specs ON run_specs.id = spec_id"
         if where:
             sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY id DESC LIMIT :limit"
+        sql += " ORDER BY runs.id DESC LIMIT :limit"
         params = {**given, "before": before, "limit": limit}
         return [run_from_row(r) for r in await self._fetchall(sql, params)]
 
@@ -966,6 +967,7 @@ def _to_column(value: Any) -> Any:
 
 def run_from_row(row: aiosqlite.Row) -> Run:
     data = dict(row)
+    del data["spec_id"]
     data["spec"] = JobSpec.model_validate_json(data["spec"])
     data["command"] = json.loads(data["command"]) if data["command"] else None
     data["oom_killed"] = bool(data["oom_killed"])
@@ -1052,7 +1054,7 @@ def _apply_job(
     run_id = None
     if decide_start(spec, active):
         run_params = _run_params(spec, revision, Trigger.APPLY, caller_uid)
-        run_id = int(conn.execute(_q("insert_run"), run_params).lastrowid or 0)
+        run_id = _insert_run(conn, run_params)
         created = _created_event(run_id, Trigger.APPLY, revision, caller_uid)
         conn.execute(_q("insert_event"), created)
     return ApplyOutcome(spec, "created" if current is None else "updated", revision, run_id)
@@ -1094,6 +1096,12 @@ def _run_params(
         "caller_uid": caller_uid,
         "spec": spec.canonical_json(),
     }
+
+
+def _insert_run(conn: sqlite3.Connection, params: dict[str, Any]) -> int:
+    """A new pending run (params: _run_params); returns its id."""
+    conn.execute(_q("insert_run_spec"), {"spec": params["spec"]})
+    return int(conn.execute(_q("insert_run"), params).lastrowid or 0)
 
 
 async def _insert_event(
@@ -1154,7 +1162,8 @@ def _delete_some(
         lines += cut
         events += conn.execute(_q("delete_run_events"), params).rowcount
         conn.execute(_q("delete_run_sources"), params)
-        conn.execute(_q("delete_runs"), params)
+        spec_ids = {row[0] for row in conn.execute(_q("delete_runs"), params)}
+        conn.execute(_q("delete_unused_run_specs"), {"spec_ids": json.dumps(sorted(spec_ids))})
         runs += len(chunk)
         if over():
             break

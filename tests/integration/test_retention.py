@@ -38,11 +38,12 @@ async def fill(store: Store, per_job: int = PER_JOB, active: int = 2) -> list[di
         rows += [{"job": job, "status": "running", "finished_at": None}] * active
     spec = JobSpec(namespace="ns", name="x", image="busybox").canonical_json()
     async with store._write() as db:
+        spec_id = (await db.execute_insert("INSERT INTO run_specs (spec) VALUES (?)", (spec,)))[0]
         await db.executemany(
             "INSERT INTO runs (namespace, job, revision, trigger, status, created_at, "
-            "finished_at, spec) VALUES ('ns', :job, 1, 'manual', :status, :created, "
-            ":finished_at, :spec)",
-            [{**r, "created": r["finished_at"] or stamp(NOW), "spec": spec} for r in rows],
+            "finished_at, spec_id) VALUES ('ns', :job, 1, 'manual', :status, :created, "
+            ":finished_at, :spec_id)",
+            [{**r, "created": r["finished_at"] or stamp(NOW), "spec_id": spec_id} for r in rows],
         )
         await db.executemany(
             "INSERT INTO log_lines (run_id, seq, attempt, stream, time, line) "

@@ -18,7 +18,7 @@ import ringjobs.store.store as store_module
 from ringjobs.exceptions import Conflict, StoreUnavailable
 from ringjobs.models import JobSpec, NamespaceSpec, RunStatus, Trigger, utcnow
 from ringjobs.store import Store
-from ringjobs.store.queries import queries, schema
+from ringjobs.store.queries import migrations, queries, schema
 from ringjobs.store.store import PruneCandidates, RequestAudit
 
 SQL_DIR = Path(store_module.__file__).parent / "sql"
@@ -104,11 +104,7 @@ async def test_migrations_produce_schema_sql(tmp_path: Path) -> None:
     await store.open()
     await store.close()
 
-    reference = tmp_path / "reference.db"
-    with sqlite3.connect(reference) as db:
-        db.executescript(schema())
-
-    assert sqlite_master(migrated) == sqlite_master(reference)
+    assert sqlite_master(migrated) == sqlite_master_of_schema(tmp_path)
     names = {name for _, name, _, _ in sqlite_master(migrated)}
     assert {"namespaces", "jobs", "job_revisions", "runs", "run_events", "log_lines"} <= names
 
@@ -143,6 +139,46 @@ async def test_reopening_migrates_nothing_and_keeps_data(tmp_path: Path) -> None
         assert len(await second.list_runs()) == 1
     finally:
         await second.close()
+
+
+async def test_migration_6_stores_each_spec_once_and_keeps_every_runs_spec(
+    tmp_path: Path,
+) -> None:
+    """A history made before 0006 (each run row with its own copy of the spec)."""
+    path = tmp_path / "old.db"
+    first, second = spec(), spec(image="alpine", command=["true"])
+    with plain(path) as db:
+        db.execute("PRAGMA auto_vacuum = INCREMENTAL")
+        for version, script in migrations():
+            if version <= 5:
+                db.executescript(script)
+        db.execute("PRAGMA user_version = 5")
+        copies = [first, second, first, first, second] * 200  # pages for the vacuum to free
+        db.executemany(
+            "INSERT INTO runs (namespace, job, revision, trigger, status, created_at, spec) "
+            "VALUES ('ns', 'job', 1, 'manual', 'completed', '2026-01-01T00:00:00.000000Z', ?)",
+            [(s.canonical_json(),) for s in copies],
+        )
+    store = Store(path)
+    await store.open()
+    try:
+        runs = {r.id: r.spec for r in await store.list_runs(limit=len(copies))}
+        assert runs == {i: s for i, s in enumerate(copies, start=1)}
+        assert (await store.get_run(2)).spec == second  # type: ignore[union-attr]
+    finally:
+        await store.close()
+    with plain(path) as db:
+        assert db.execute("SELECT count(*) FROM run_specs").fetchone()[0] == 2
+        assert "spec" not in {r["name"] for r in db.execute("PRAGMA table_info(runs)")}
+        assert db.execute("PRAGMA freelist_count").fetchone()[0] == 0
+    assert sqlite_master(path) == sqlite_master_of_schema(tmp_path)
+
+
+def sqlite_master_of_schema(tmp_path: Path) -> list[tuple[str, str, str, str | None]]:
+    reference = tmp_path / "reference.db"
+    with sqlite3.connect(reference) as db:
+        db.executescript(schema())
+    return sqlite_master(reference)
 
 
 # -- (b) pragmas -------------------------------------------------------------------------
@@ -771,6 +807,40 @@ async def test_a_prune_checkpoints_after_each_step_without_the_lock(
     assert [r.id for r in await store.list_runs(limit=10)] == run_ids[60:]
 
 
+def stored_specs(path: Path) -> list[str]:
+    with plain(path) as db:
+        return [r[0] for r in db.execute("SELECT spec FROM run_specs ORDER BY id")]
+
+
+async def test_runs_share_their_spec_and_a_prune_deletes_the_unused_ones(store: Store) -> None:
+    first, second = spec(), spec(image="alpine")
+    ids = [await store.create_run(s, 1, Trigger.MANUAL, None) for s in (first, second, first)]
+    parent = await store.get_run(ids[1])
+    assert parent is not None
+    child = await store.create_child_run(parent, 0, second)
+    outcome = await store.apply([], [spec(name="other")], always_start, None)
+    assert stored_specs(store.path) == [
+        s.canonical_json() for s in (first, second, spec(name="other"))
+    ]
+    runs = {r.id: r.spec for r in await store.list_runs(limit=10)}
+    assert runs == {
+        ids[0]: first,
+        ids[1]: second,
+        ids[2]: first,
+        outcome[0].run_id: spec(name="other"),
+    }
+    assert (await store.child_runs(ids[1]))[0].spec == second
+
+    await store.delete_runs([ids[0], ids[1], child])  # `first` is still the spec of ids[2]
+    assert stored_specs(store.path) == [first.canonical_json(), spec(name="other").canonical_json()]
+    await store.delete_runs([ids[2]])
+    assert stored_specs(store.path) == [spec(name="other").canonical_json()]
+    assert (await store.get_run(outcome[0].run_id)).spec == spec(name="other")  # type: ignore[union-attr]
+    # A spec seen again after its last run went: stored anew.
+    again = await store.create_run(first, 2, Trigger.MANUAL, None)
+    assert (await store.get_run(again)).spec == first  # type: ignore[union-attr]
+
+
 async def test_delete_runs_of_nothing(store: Store) -> None:
     run_id = await store.create_run(spec(), 1, Trigger.MANUAL, None)
     assert await store.delete_runs([]) == (0, 0)
@@ -1058,12 +1128,19 @@ async def test_log_reads_use_the_log_index(store: Store, monkeypatch: pytest.Mon
 
 
 @pytest.mark.parametrize(
-    "name", ["delete_log_lines", "delete_run_events", "delete_run_sources", "delete_runs"]
+    "name",
+    [
+        "delete_log_lines",
+        "delete_run_events",
+        "delete_run_sources",
+        "delete_runs",
+        "delete_unused_run_specs",
+    ],
 )
 def test_prune_deletes_use_indexes(name: str) -> None:
     with sqlite3.connect(":memory:") as db:
         db.executescript(schema())
-        params = {"ids": "[1, 2]", "limit": 10}
+        params = {"ids": "[1, 2]", "limit": 10, "spec_ids": "[1]"}
         plan = " | ".join(r[3] for r in db.execute("EXPLAIN QUERY PLAN " + queries()[name], params))
     assert not re.search(r"SCAN (runs|log_lines|run_events|run_sources)\b", plan), plan
     assert "INDEX" in plan or "INTEGER PRIMARY KEY" in plan, plan

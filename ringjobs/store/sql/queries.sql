@@ -51,17 +51,22 @@ VALUES (:namespace, :name, :revision, :spec_hash, :now);
 -- name: delete_job
 DELETE FROM jobs WHERE namespace = :namespace AND name = :name;
 
+-- name: insert_run_spec
+-- Before insert_run and insert_child_run: a row for the spec, unless a run had it before.
+INSERT INTO run_specs (spec) VALUES (:spec) ON CONFLICT (spec) DO NOTHING;
+
 -- name: insert_run
 INSERT INTO runs (namespace, job, revision, trigger, status, created_at, image, command,
-                  caller_uid, spec)
+                  caller_uid, spec_id)
 VALUES (:namespace, :job, :revision, :trigger, 'pending', :now, :image, :command,
-        :caller_uid, :spec);
+        :caller_uid, (SELECT id FROM run_specs WHERE spec = :spec));
 
 -- name: get_run
-SELECT * FROM runs WHERE id = :id;
+SELECT runs.*, spec FROM runs JOIN run_specs ON run_specs.id = spec_id WHERE runs.id = :id;
 
 -- name: active_runs
-SELECT * FROM runs WHERE status IN ('pending', 'starting', 'running') ORDER BY id;
+SELECT runs.*, spec FROM runs JOIN run_specs ON run_specs.id = spec_id
+WHERE status IN ('pending', 'starting', 'running') ORDER BY runs.id;
 
 -- name: active_runs_of_job
 -- Completions of a fan-out run are not counted: their parent stands for them.
@@ -69,8 +74,9 @@ SELECT id FROM runs WHERE namespace = :namespace AND job = :job
     AND status IN ('pending', 'starting', 'running') AND parent_id IS NULL ORDER BY id;
 
 -- name: last_run_of_job
-SELECT * FROM runs WHERE namespace = :namespace AND job = :job AND parent_id IS NULL
-ORDER BY id DESC LIMIT 1;
+SELECT runs.*, spec FROM runs JOIN run_specs ON run_specs.id = spec_id
+WHERE namespace = :namespace AND job = :job AND parent_id IS NULL
+ORDER BY runs.id DESC LIMIT 1;
 
 -- name: insert_event
 INSERT INTO run_events (run_id, time, type, message, data)
@@ -150,13 +156,15 @@ WHERE newest > :keep_last
 
 -- name: insert_child_run
 INSERT INTO runs (namespace, job, revision, trigger, status, created_at, image, command,
-                  caller_uid, spec, parent_id, completion_index)
+                  caller_uid, spec_id, parent_id, completion_index)
 VALUES (:namespace, :job, :revision, :trigger, 'pending', :now, :image, :command,
-        :caller_uid, :spec, :parent_id, :completion_index)
+        :caller_uid, (SELECT id FROM run_specs WHERE spec = :spec), :parent_id,
+        :completion_index)
 ON CONFLICT (parent_id, completion_index) WHERE parent_id IS NOT NULL DO NOTHING;
 
 -- name: child_runs
-SELECT * FROM runs WHERE parent_id = :parent_id ORDER BY completion_index;
+SELECT runs.*, spec FROM runs JOIN run_specs ON run_specs.id = spec_id
+WHERE parent_id = :parent_id ORDER BY completion_index;
 
 -- name: child_run_id
 SELECT id FROM runs WHERE parent_id = :parent_id AND completion_index = :completion_index;
@@ -318,4 +326,8 @@ DELETE FROM run_events WHERE run_id IN (SELECT value FROM json_each(:ids));
 DELETE FROM run_sources WHERE run_id IN (SELECT value FROM json_each(:ids));
 
 -- name: delete_runs
-DELETE FROM runs WHERE id IN (SELECT value FROM json_each(:ids));
+DELETE FROM runs WHERE id IN (SELECT value FROM json_each(:ids)) RETURNING spec_id;
+
+-- name: delete_unused_run_specs
+DELETE FROM run_specs WHERE id IN (SELECT value FROM json_each(:spec_ids))
+    AND NOT EXISTS (SELECT 1 FROM runs WHERE spec_id = run_specs.id);

@@ -34,8 +34,15 @@ CREATE TABLE job_revisions (
     PRIMARY KEY (namespace, name, revision)
 );
 
+-- Each distinct spec that runs were made from, once (0006).
+CREATE TABLE run_specs (
+    id   INTEGER PRIMARY KEY,
+    spec TEXT NOT NULL UNIQUE
+);
+
 -- AUTOINCREMENT: a pruned run's id is never handed out again.
--- parent_id, completion_index: added by 0002 (ALTER TABLE writes them this way).
+-- parent_id, completion_index: added by 0002; spec_id: 0006, which dropped the copy of
+-- the spec each row had (ALTER TABLE writes them this way).
 CREATE TABLE runs (
     id             INTEGER PRIMARY KEY AUTOINCREMENT,
     namespace      TEXT NOT NULL,
@@ -59,12 +66,12 @@ CREATE TABLE runs (
     log_bytes      INTEGER NOT NULL DEFAULT 0,
     log_truncated  INTEGER NOT NULL DEFAULT 0,
     caller_uid     INTEGER,
-    spec           TEXT NOT NULL
-, parent_id INTEGER, completion_index INTEGER);
+    parent_id INTEGER, completion_index INTEGER, spec_id INTEGER NOT NULL DEFAULT 0);
 CREATE INDEX runs_by_namespace ON runs (namespace, id);
 CREATE INDEX runs_by_job ON runs (namespace, job, id);
 CREATE INDEX runs_by_status ON runs (status, id);
 CREATE INDEX runs_by_finished ON runs (namespace, finished_at);
+CREATE INDEX runs_by_spec ON runs (spec_id);
 -- parallelism/completions: one child run per completion index of a fan-out run.
 CREATE UNIQUE INDEX runs_by_parent ON runs (parent_id, completion_index)
     WHERE parent_id IS NOT NULL;
