@@ -228,6 +228,10 @@ class Store:
             await self._reader.execute("PRAGMA query_only = ON")
             self._scanner = await self._connect()
             await self._scanner.execute("PRAGMA query_only = ON")
+            # Pages left free by a migration (0006 copies the runs table) or by a prune
+            # that a crash stopped before its vacuum.
+            async with self._deferred_checkpoints():
+                await self._reclaim_space()
             self._make_private()
             self.instance_id = await self._instance_id()
         except BaseException:

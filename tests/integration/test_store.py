@@ -170,7 +170,10 @@ async def test_migration_6_stores_each_spec_once_and_keeps_every_runs_spec(
     with plain(path) as db:
         assert db.execute("SELECT count(*) FROM run_specs").fetchone()[0] == 2
         assert "spec" not in {r["name"] for r in db.execute("PRAGMA table_info(runs)")}
-        assert db.execute("PRAGMA freelist_count").fetchone()[0] == 0
+        assert db.execute("PRAGMA freelist_count").fetchone()[0] == 0  # given back at open
+        assert db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'runs'").fetchone()[
+            0
+        ] == len(copies)
     assert sqlite_master(path) == sqlite_master_of_schema(tmp_path)
 
 

@@ -41,32 +41,34 @@ CREATE TABLE run_specs (
 );
 
 -- AUTOINCREMENT: a pruned run's id is never handed out again.
--- parent_id, completion_index: added by 0002; spec_id: 0006, which dropped the copy of
--- the spec each row had (ALTER TABLE writes them this way).
-CREATE TABLE runs (
-    id             INTEGER PRIMARY KEY AUTOINCREMENT,
-    namespace      TEXT NOT NULL,
-    job            TEXT NOT NULL,
-    revision       INTEGER NOT NULL,
-    trigger        TEXT NOT NULL,
-    status         TEXT NOT NULL,
-    reason         TEXT,
-    message        TEXT,
-    exit_code      INTEGER,
-    oom_killed     INTEGER NOT NULL DEFAULT 0,
-    stop_intent    TEXT,
-    attempt        INTEGER NOT NULL DEFAULT 0,
-    created_at     TEXT NOT NULL,
-    started_at     TEXT,
-    finished_at    TEXT,
-    image          TEXT,
-    image_id       TEXT,
-    container_id   TEXT,
-    command        TEXT,
-    log_bytes      INTEGER NOT NULL DEFAULT 0,
-    log_truncated  INTEGER NOT NULL DEFAULT 0,
-    caller_uid     INTEGER,
-    parent_id INTEGER, completion_index INTEGER, spec_id INTEGER NOT NULL DEFAULT 0);
+-- "runs", quoted: 0006 built this table as runs_new and renamed it (SQLite quotes the name).
+CREATE TABLE "runs" (
+    id               INTEGER PRIMARY KEY AUTOINCREMENT,
+    namespace        TEXT NOT NULL,
+    job              TEXT NOT NULL,
+    revision         INTEGER NOT NULL,
+    trigger          TEXT NOT NULL,
+    status           TEXT NOT NULL,
+    reason           TEXT,
+    message          TEXT,
+    exit_code        INTEGER,
+    oom_killed       INTEGER NOT NULL DEFAULT 0,
+    stop_intent      TEXT,
+    attempt          INTEGER NOT NULL DEFAULT 0,
+    created_at       TEXT NOT NULL,
+    started_at       TEXT,
+    finished_at      TEXT,
+    image            TEXT,
+    image_id         TEXT,
+    container_id     TEXT,
+    command          TEXT,
+    log_bytes        INTEGER NOT NULL DEFAULT 0,
+    log_truncated    INTEGER NOT NULL DEFAULT 0,
+    caller_uid       INTEGER,
+    parent_id        INTEGER,
+    completion_index INTEGER,
+    spec_id          INTEGER NOT NULL
+);
 CREATE INDEX runs_by_namespace ON runs (namespace, id);
 CREATE INDEX runs_by_job ON runs (namespace, job, id);
 CREATE INDEX runs_by_status ON runs (status, id);

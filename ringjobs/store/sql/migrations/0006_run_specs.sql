@@ -6,10 +6,53 @@ CREATE TABLE run_specs (
     spec TEXT NOT NULL UNIQUE
 );
 INSERT INTO run_specs (spec) SELECT DISTINCT spec FROM runs;
-ALTER TABLE runs ADD COLUMN spec_id INTEGER NOT NULL DEFAULT 0;
-UPDATE runs SET spec_id = (SELECT id FROM run_specs WHERE run_specs.spec = runs.spec);
-ALTER TABLE runs DROP COLUMN spec;
+
+-- runs is rebuilt without the copies: ALTER TABLE DROP COLUMN rewrites each row where
+-- it is, and would leave the table's pages two-thirds empty.
+CREATE TABLE runs_new (
+    id               INTEGER PRIMARY KEY AUTOINCREMENT,
+    namespace        TEXT NOT NULL,
+    job              TEXT NOT NULL,
+    revision         INTEGER NOT NULL,
+    trigger          TEXT NOT NULL,
+    status           TEXT NOT NULL,
+    reason           TEXT,
+    message          TEXT,
+    exit_code        INTEGER,
+    oom_killed       INTEGER NOT NULL DEFAULT 0,
+    stop_intent      TEXT,
+    attempt          INTEGER NOT NULL DEFAULT 0,
+    created_at       TEXT NOT NULL,
+    started_at       TEXT,
+    finished_at      TEXT,
+    image            TEXT,
+    image_id         TEXT,
+    container_id     TEXT,
+    command          TEXT,
+    log_bytes        INTEGER NOT NULL DEFAULT 0,
+    log_truncated    INTEGER NOT NULL DEFAULT 0,
+    caller_uid       INTEGER,
+    parent_id        INTEGER,
+    completion_index INTEGER,
+    spec_id          INTEGER NOT NULL
+);
+INSERT INTO runs_new
+SELECT id, namespace, job, revision, trigger, status, reason, message, exit_code,
+       oom_killed, stop_intent, attempt, created_at, started_at, finished_at, image,
+       image_id, container_id, command, log_bytes, log_truncated, caller_uid, parent_id,
+       completion_index, (SELECT run_specs.id FROM run_specs WHERE run_specs.spec = runs.spec)
+FROM runs ORDER BY id;
+-- The highest id ever handed out (a pruned run's too) goes with the table: ids are
+-- never reused.
+DELETE FROM sqlite_sequence WHERE name = 'runs_new';
+UPDATE sqlite_sequence SET name = 'runs_new' WHERE name = 'runs';
+DROP TABLE runs;
+ALTER TABLE runs_new RENAME TO runs;
+CREATE INDEX runs_by_namespace ON runs (namespace, id);
+CREATE INDEX runs_by_job ON runs (namespace, job, id);
+CREATE INDEX runs_by_status ON runs (status, id);
+CREATE INDEX runs_by_finished ON runs (namespace, finished_at);
+CREATE UNIQUE INDEX runs_by_parent ON runs (parent_id, completion_index)
+    WHERE parent_id IS NOT NULL;
 -- A prune deletes the specs no run uses any more: it finds their users here.
 CREATE INDEX runs_by_spec ON runs (spec_id);
--- The copies' pages go back to the file system (the file shrinks at the next checkpoint).
-PRAGMA incremental_vacuum;
