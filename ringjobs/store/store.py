@@ -7,6 +7,7 @@ fields and its event together, so history never shows a state without its event.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import sqlite3
@@ -230,8 +231,9 @@ class Store:
             await self._scanner.execute("PRAGMA query_only = ON")
             # Pages left free by a migration (0006 copies the runs table) or by a prune
             # that a crash stopped before its vacuum.
-            async with self._deferred_checkpoints():
-                await self._reclaim_space()
+            if await self._on_writer(_free_pages):
+                async with self._deferred_checkpoints():
+                    await self._reclaim_space()
             self._make_private()
             self.instance_id = await self._instance_id()
         except BaseException:
@@ -289,6 +291,7 @@ class Store:
 
     async def _migrate(self, db: aiosqlite.Connection) -> None:
         try:
+            await db.create_function("sha256_hex", 1, _sha256_hex, deterministic=True)
             await self._apply_migrations(db)
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"cannot migrate database {self.path}: {exc}") from exc
@@ -312,10 +315,12 @@ class Store:
         return str(row[0])
 
     async def close(self) -> None:
-        for db in (self._scanner, self._reader, self._writer):
+        # Gone before the awaits: a task still at work meanwhile gets StoreUnavailable.
+        connections = (self._scanner, self._reader, self._writer)
+        self._scanner = self._reader = self._writer = None
+        for db in connections:
             if db is not None:
                 await db.close()
-        self._scanner = self._reader = self._writer = None
 
     @property
     def schema_version(self) -> int:
@@ -540,15 +545,13 @@ class Store:
     async def create_child_run(self, parent: Run, index: int, spec: JobSpec) -> int:
         """The run of completion `index` of a fan-out run; a second call adds nothing."""
         async with self._write() as db:
-            await db.execute(_q("insert_run_spec"), {"spec": spec.canonical_json()})
-            cur = await db.execute(
-                _q("insert_child_run"),
-                {
-                    **_run_params(spec, parent.revision, parent.trigger, parent.caller_uid),
-                    "parent_id": parent.id,
-                    "completion_index": index,
-                },
-            )
+            params = {
+                **_run_params(spec, parent.revision, parent.trigger, parent.caller_uid),
+                "parent_id": parent.id,
+                "completion_index": index,
+            }
+            await db.execute(_q("insert_run_spec"), params)
+            cur = await db.execute(_q("insert_child_run"), params)
             if not cur.rowcount:
                 async with db.execute(
                     _q("child_run_id"), {"parent_id": parent.id, "completion_index": index}
@@ -899,29 +902,40 @@ class Store:
         step's pages, or wait while another writer does, before the lock is free again.
         """
         self._deferring += 1
-        if self._deferring == 1:
-            await self._on_writer(partial(_set_autocheckpoint, 0))
         try:
+            await self._on_writer(self._match_autocheckpoint)
             yield
         finally:
             self._deferring -= 1
-            if self._deferring == 0 and self._writer is not None:
-                pages = _AUTOCHECKPOINT_PAGES
-                await asyncio.shield(self._on_writer(partial(_set_autocheckpoint, pages)))
+            if self._deferring == 0:
+                await asyncio.shield(self._restore_autocheckpoint())
+
+    def _match_autocheckpoint(self, conn: sqlite3.Connection) -> None:
+        """On the writer's thread: off while a bulk write is under way, as counted when
+        this runs (so the last of these calls matches the count, whatever their order)."""
+        pages = 0 if self._deferring else _AUTOCHECKPOINT_PAGES
+        conn.execute(f"PRAGMA wal_autocheckpoint = {pages}").close()
+
+    async def _restore_autocheckpoint(self) -> None:
+        try:
+            await self._on_writer(self._match_autocheckpoint)
+        except StoreUnavailable:
+            pass  # closed meanwhile: the setting went with the connection
 
     async def _checkpoint(self) -> None:
         """Copy the WAL into the database; PASSIVE: writers go on meanwhile.
 
         On the scanner's connection (only a prune's candidates scan there), so it queues
-        neither behind the writer's next step nor in front of API reads.
+        neither behind the writer's next step nor in front of API reads. Best effort: a
+        failure leaves the pages in the WAL, and the next step copies them first.
         """
         db = self._scanner
         if db is None:
-            raise StoreUnavailable("the database is closed (the daemon is shutting down)")
+            return  # closed meanwhile
         try:
             await db.execute_fetchall("PRAGMA wal_checkpoint(PASSIVE)")
-        except sqlite3.OperationalError as exc:
-            raise StoreUnavailable(f"cannot checkpoint the database {self.path}: {exc}") from exc
+        except sqlite3.Error as exc:
+            log.warning("checkpoint_failed", path=str(self.path), error=str(exc))
 
     # -- audit (who changed what through the socket) ---------------------------------
 
@@ -1098,13 +1112,19 @@ def _run_params(
         "image": spec.image,
         "command": json.dumps(spec.command) if spec.command else None,
         "caller_uid": caller_uid,
-        "spec": spec.canonical_json(),
+        "spec": (text := spec.canonical_json()),
+        "spec_hash": _sha256_hex(text),
     }
+
+
+def _sha256_hex(text: str) -> str:
+    """The key of a spec in run_specs (also sha256_hex in SQL, for migration 0006)."""
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def _insert_run(conn: sqlite3.Connection, params: dict[str, Any]) -> int:
     """A new pending run (params: _run_params); returns its id."""
-    conn.execute(_q("insert_run_spec"), {"spec": params["spec"]})
+    conn.execute(_q("insert_run_spec"), params)
     return int(conn.execute(_q("insert_run"), params).lastrowid or 0)
 
 
@@ -1172,10 +1192,6 @@ def _delete_some(
         if over():
             break
     return _Deleted(runs, lines, events)
-
-
-def _set_autocheckpoint(pages: int, conn: sqlite3.Connection) -> None:
-    conn.execute(f"PRAGMA wal_autocheckpoint = {int(pages)}").close()
 
 
 def _checkpointed_first(call: Callable[[sqlite3.Connection], T], conn: sqlite3.Connection) -> T:

@@ -36,9 +36,11 @@ async def fill(store: Store, per_job: int = PER_JOB, active: int = 2) -> list[di
             )
     for job in JOBS:
         rows += [{"job": job, "status": "running", "finished_at": None}] * active
-    spec = JobSpec(namespace="ns", name="x", image="busybox").canonical_json()
+    job = JobSpec(namespace="ns", name="x", image="busybox")
+    spec, spec_hash = job.canonical_json(), job.spec_hash()
     async with store._write() as db:
-        spec_id = (await db.execute_insert("INSERT INTO run_specs (spec) VALUES (?)", (spec,)))[0]
+        insert = "INSERT INTO run_specs (hash, spec) VALUES (?, ?)"
+        spec_id = (await db.execute_insert(insert, (spec_hash, spec)))[0]
         await db.executemany(
             "INSERT INTO runs (namespace, job, revision, trigger, status, created_at, "
             "finished_at, spec_id) VALUES ('ns', :job, 1, 'manual', :status, :created, "

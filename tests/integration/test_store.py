@@ -147,33 +147,36 @@ async def test_migration_6_stores_each_spec_once_and_keeps_every_runs_spec(
     """A history made before 0006 (each run row with its own copy of the spec)."""
     path = tmp_path / "old.db"
     first, second = spec(), spec(image="alpine", command=["true"])
+    copies = [first, second, first, first, second] * 200  # pages for the vacuum to free
     with plain(path) as db:
         db.execute("PRAGMA auto_vacuum = INCREMENTAL")
         for version, script in migrations():
             if version <= 5:
                 db.executescript(script)
         db.execute("PRAGMA user_version = 5")
-        copies = [first, second, first, first, second] * 200  # pages for the vacuum to free
         db.executemany(
             "INSERT INTO runs (namespace, job, revision, trigger, status, created_at, spec) "
             "VALUES ('ns', 'job', 1, 'manual', 'completed', '2026-01-01T00:00:00.000000Z', ?)",
             [(s.canonical_json(),) for s in copies],
         )
+        db.execute("DELETE FROM runs WHERE id > 990")  # the newest runs were pruned
     store = Store(path)
     await store.open()
     try:
         runs = {r.id: r.spec for r in await store.list_runs(limit=len(copies))}
-        assert runs == {i: s for i, s in enumerate(copies, start=1)}
+        assert runs == {i: s for i, s in enumerate(copies[:990], start=1)}
         assert (await store.get_run(2)).spec == second  # type: ignore[union-attr]
+        # AUTOINCREMENT's highest id went with the table: pruned ids are not handed out.
+        assert await store.create_run(second, 1, Trigger.MANUAL, None) == len(copies) + 1
     finally:
         await store.close()
     with plain(path) as db:
-        assert db.execute("SELECT count(*) FROM run_specs").fetchone()[0] == 2
+        stored = db.execute("SELECT hash, spec FROM run_specs").fetchall()
+        assert sorted((h, s) for h, s in stored) == sorted(
+            (s.spec_hash(), s.canonical_json()) for s in (first, second)
+        )
         assert "spec" not in {r["name"] for r in db.execute("PRAGMA table_info(runs)")}
         assert db.execute("PRAGMA freelist_count").fetchone()[0] == 0  # given back at open
-        assert db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'runs'").fetchone()[
-            0
-        ] == len(copies)
     assert sqlite_master(path) == sqlite_master_of_schema(tmp_path)
 
 
@@ -764,12 +767,16 @@ async def writer_autocheckpoint(store: Store) -> int:
     )
 
 
+def steps_of_one_chunk(monkeypatch: pytest.MonkeyPatch, runs: int) -> None:
+    monkeypatch.setattr(store_module, "_PRUNE_STEP_SECONDS", 0.0)
+    monkeypatch.setattr(store_module, "_PRUNE_CHUNK", runs)
+
+
 async def test_a_prune_checkpoints_after_each_step_without_the_lock(
     store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     run_ids = await runs_with_logs(store, 61, 50)
-    monkeypatch.setattr(store_module, "_PRUNE_STEP_SECONDS", 0.0)  # a chunk a step
-    monkeypatch.setattr(store_module, "_PRUNE_CHUNK", 10)
+    steps_of_one_chunk(monkeypatch, 10)
     real = store._checkpoint
     seen: list[tuple[bool, int, int]] = []  # after each step: lock held, restarts, autocheckpoint
 
@@ -808,6 +815,35 @@ async def test_a_prune_checkpoints_after_each_step_without_the_lock(
         await store.delete_runs(run_ids[60:])
     assert await writer_autocheckpoint(store) == store_module._AUTOCHECKPOINT_PAGES
     assert [r.id for r in await store.list_runs(limit=10)] == run_ids[60:]
+
+
+async def test_overlapping_or_cancelled_prunes_turn_autocheckpoint_back_on(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run_ids = await runs_with_logs(store, 60, 20)
+    steps_of_one_chunk(monkeypatch, 5)
+    real = store._checkpoint
+    seen: list[int] = []  # the writer's autocheckpoint after each step
+    stepped = asyncio.Event()
+
+    async def checkpoint() -> None:
+        seen.append(await writer_autocheckpoint(store))
+        stepped.set()
+        await real()
+
+    monkeypatch.setattr(store, "_checkpoint", checkpoint)
+    # A history limit's trim and an API prune at once: off until the last one ends.
+    await asyncio.gather(store.delete_runs(run_ids[:20]), store.delete_runs(run_ids[20:40]))
+    assert len(seen) > 8 and set(seen) == {0}, seen
+    assert await writer_autocheckpoint(store) == store_module._AUTOCHECKPOINT_PAGES
+
+    stepped.clear()
+    prune = asyncio.create_task(store.delete_runs(run_ids[40:]))
+    await stepped.wait()
+    prune.cancel()  # e.g. the daemon stopping
+    with pytest.raises(asyncio.CancelledError):
+        await prune
+    assert await writer_autocheckpoint(store) == store_module._AUTOCHECKPOINT_PAGES
 
 
 def stored_specs(path: Path) -> list[str]:

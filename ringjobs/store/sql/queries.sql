@@ -53,13 +53,13 @@ DELETE FROM jobs WHERE namespace = :namespace AND name = :name;
 
 -- name: insert_run_spec
 -- Before insert_run and insert_child_run: a row for the spec, unless a run had it before.
-INSERT INTO run_specs (spec) VALUES (:spec) ON CONFLICT (spec) DO NOTHING;
+INSERT INTO run_specs (hash, spec) VALUES (:spec_hash, :spec) ON CONFLICT (hash) DO NOTHING;
 
 -- name: insert_run
 INSERT INTO runs (namespace, job, revision, trigger, status, created_at, image, command,
                   caller_uid, spec_id)
 VALUES (:namespace, :job, :revision, :trigger, 'pending', :now, :image, :command,
-        :caller_uid, (SELECT id FROM run_specs WHERE spec = :spec));
+        :caller_uid, (SELECT id FROM run_specs WHERE hash = :spec_hash));
 
 -- name: get_run
 SELECT runs.*, spec FROM runs JOIN run_specs ON run_specs.id = spec_id WHERE runs.id = :id;
@@ -158,7 +158,7 @@ WHERE newest > :keep_last
 INSERT INTO runs (namespace, job, revision, trigger, status, created_at, image, command,
                   caller_uid, spec_id, parent_id, completion_index)
 VALUES (:namespace, :job, :revision, :trigger, 'pending', :now, :image, :command,
-        :caller_uid, (SELECT id FROM run_specs WHERE spec = :spec), :parent_id,
+        :caller_uid, (SELECT id FROM run_specs WHERE hash = :spec_hash), :parent_id,
         :completion_index)
 ON CONFLICT (parent_id, completion_index) WHERE parent_id IS NOT NULL DO NOTHING;
 

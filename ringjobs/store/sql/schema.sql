@@ -34,10 +34,11 @@ CREATE TABLE job_revisions (
     PRIMARY KEY (namespace, name, revision)
 );
 
--- Each distinct spec that runs were made from, once (0006).
+-- Each distinct spec that runs were made from, once (0006). hash: sha256 of spec, hex.
 CREATE TABLE run_specs (
     id   INTEGER PRIMARY KEY,
-    spec TEXT NOT NULL UNIQUE
+    hash TEXT NOT NULL UNIQUE,
+    spec TEXT NOT NULL
 );
 
 -- AUTOINCREMENT: a pruned run's id is never handed out again.
