@@ -56,8 +56,8 @@ def fill(path: Path, runs: int, lines: int) -> None:
     line = "x" * 80
     with sqlite3.connect(path) as db:
         db.execute("PRAGMA synchronous = OFF")
-        insert = "INSERT INTO run_specs (hash, spec) VALUES (?, ?)"
-        spec_id = db.execute(insert, (job.spec_hash(), job.canonical_json())).lastrowid
+        insert = "INSERT INTO run_specs (hash, spec, uses) VALUES (?, ?, ?)"
+        spec_id = db.execute(insert, (job.spec_hash(), job.canonical_json(), runs)).lastrowid
         for first in range(1, runs + 1, 10_000):
             ids = range(first, min(first + 10_000, runs + 1))
             stamps = {

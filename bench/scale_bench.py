@@ -371,8 +371,9 @@ def build_history(path: Path, runs: int, lines_per_run: int) -> datetime:
                 " updated_at) VALUES (?, ?, 1, ?, ?, ?, ?)",
                 (NAMESPACE, s.name, s.canonical_json(), s.spec_hash(), _t(first), _t(first)),
             )
-            insert = "INSERT INTO run_specs (hash, spec) VALUES (?, ?)"
-            spec_ids[j] = db.execute(insert, (s.spec_hash(), s.canonical_json())).lastrowid
+            insert = "INSERT INTO run_specs (hash, spec, uses) VALUES (?, ?, ?)"
+            uses = len(range(j, runs, JOBS))  # run i has job i % JOBS
+            spec_ids[j] = db.execute(insert, (s.spec_hash(), s.canonical_json(), uses)).lastrowid
     batch = 20_000
     for start in range(0, runs, batch):
         run_rows, line_rows, event_rows = [], [], []

@@ -13,6 +13,7 @@ import os
 import sqlite3
 import time
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -559,6 +560,7 @@ class Store:
                     row = await found.fetchone()
                 return int(row[0]) if row else 0
             child_id = int(cur.lastrowid or 0)
+            await db.execute(_q("use_run_spec"), params)
             await _insert_event(
                 db,
                 child_id,
@@ -1125,7 +1127,9 @@ def _sha256_hex(text: str) -> str:
 def _insert_run(conn: sqlite3.Connection, params: dict[str, Any]) -> int:
     """A new pending run (params: _run_params); returns its id."""
     conn.execute(_q("insert_run_spec"), params)
-    return int(conn.execute(_q("insert_run"), params).lastrowid or 0)
+    run_id = int(conn.execute(_q("insert_run"), params).lastrowid or 0)
+    conn.execute(_q("use_run_spec"), params)
+    return run_id
 
 
 async def _insert_event(
@@ -1186,8 +1190,11 @@ def _delete_some(
         lines += cut
         events += conn.execute(_q("delete_run_events"), params).rowcount
         conn.execute(_q("delete_run_sources"), params)
-        spec_ids = {row[0] for row in conn.execute(_q("delete_runs"), params)}
-        conn.execute(_q("delete_unused_run_specs"), {"spec_ids": json.dumps(sorted(spec_ids))})
+        released = Counter(row[0] for row in conn.execute(_q("delete_runs"), params))
+        conn.executemany(
+            _q("release_run_spec"), [{"id": i, "runs": n} for i, n in released.items()]
+        )
+        conn.execute(_q("delete_unused_run_specs"), {"spec_ids": json.dumps(sorted(released))})
         runs += len(chunk)
         if over():
             break

@@ -39,8 +39,8 @@ async def fill(store: Store, per_job: int = PER_JOB, active: int = 2) -> list[di
     job = JobSpec(namespace="ns", name="x", image="busybox")
     spec, spec_hash = job.canonical_json(), job.spec_hash()
     async with store._write() as db:
-        insert = "INSERT INTO run_specs (hash, spec) VALUES (?, ?)"
-        spec_id = (await db.execute_insert(insert, (spec_hash, spec)))[0]
+        insert = "INSERT INTO run_specs (hash, spec, uses) VALUES (?, ?, ?)"
+        spec_id = (await db.execute_insert(insert, (spec_hash, spec, len(rows))))[0]
         await db.executemany(
             "INSERT INTO runs (namespace, job, revision, trigger, status, created_at, "
             "finished_at, spec_id) VALUES ('ns', :job, 1, 'manual', :status, :created, "

@@ -171,9 +171,12 @@ async def test_migration_6_stores_each_spec_once_and_keeps_every_runs_spec(
     finally:
         await store.close()
     with plain(path) as db:
-        stored = db.execute("SELECT hash, spec FROM run_specs").fetchall()
-        assert sorted((h, s) for h, s in stored) == sorted(
-            (s.spec_hash(), s.canonical_json()) for s in (first, second)
+        stored = db.execute("SELECT hash, spec, uses FROM run_specs").fetchall()
+        assert sorted((h, s, n) for h, s, n in stored) == sorted(
+            [
+                (first.spec_hash(), first.canonical_json(), copies[:990].count(first)),
+                (second.spec_hash(), second.canonical_json(), copies[:990].count(second) + 1),
+            ]
         )
         assert "spec" not in {r["name"] for r in db.execute("PRAGMA table_info(runs)")}
         assert db.execute("PRAGMA freelist_count").fetchone()[0] == 0  # given back at open
@@ -847,7 +850,13 @@ async def test_overlapping_or_cancelled_prunes_turn_autocheckpoint_back_on(
 
 
 def stored_specs(path: Path) -> list[str]:
+    """The specs stored, after checking that each one's `uses` counts its runs."""
     with plain(path) as db:
+        counts = db.execute(
+            "SELECT uses, (SELECT count(*) FROM runs WHERE spec_id = run_specs.id) "
+            "FROM run_specs ORDER BY id"
+        ).fetchall()
+        assert [tuple(r) for r in counts] == [(r[1], r[1]) for r in counts]
         return [r[0] for r in db.execute("SELECT spec FROM run_specs ORDER BY id")]
 
 
@@ -857,6 +866,7 @@ async def test_runs_share_their_spec_and_a_prune_deletes_the_unused_ones(store: 
     parent = await store.get_run(ids[1])
     assert parent is not None
     child = await store.create_child_run(parent, 0, second)
+    assert await store.create_child_run(parent, 0, second) == child  # adds nothing
     outcome = await store.apply([], [spec(name="other")], always_start, None)
     assert stored_specs(store.path) == [
         s.canonical_json() for s in (first, second, spec(name="other"))
@@ -1173,13 +1183,14 @@ async def test_log_reads_use_the_log_index(store: Store, monkeypatch: pytest.Mon
         "delete_run_events",
         "delete_run_sources",
         "delete_runs",
+        "release_run_spec",
         "delete_unused_run_specs",
     ],
 )
 def test_prune_deletes_use_indexes(name: str) -> None:
     with sqlite3.connect(":memory:") as db:
         db.executescript(schema())
-        params = {"ids": "[1, 2]", "limit": 10, "spec_ids": "[1]"}
+        params = {"ids": "[1, 2]", "limit": 10, "spec_ids": "[1]", "id": 1, "runs": 2}
         plan = " | ".join(r[3] for r in db.execute("EXPLAIN QUERY PLAN " + queries()[name], params))
     assert not re.search(r"SCAN (runs|log_lines|run_events|run_sources)\b", plan), plan
     assert "INDEX" in plan or "INTEGER PRIMARY KEY" in plan, plan

@@ -55,6 +55,10 @@ DELETE FROM jobs WHERE namespace = :namespace AND name = :name;
 -- Before insert_run and insert_child_run: a row for the spec, unless a run had it before.
 INSERT INTO run_specs (hash, spec) VALUES (:spec_hash, :spec) ON CONFLICT (hash) DO NOTHING;
 
+-- name: use_run_spec
+-- After a run was inserted with the spec.
+UPDATE run_specs SET uses = uses + 1 WHERE hash = :spec_hash;
+
 -- name: insert_run
 INSERT INTO runs (namespace, job, revision, trigger, status, created_at, image, command,
                   caller_uid, spec_id)
@@ -328,6 +332,9 @@ DELETE FROM run_sources WHERE run_id IN (SELECT value FROM json_each(:ids));
 -- name: delete_runs
 DELETE FROM runs WHERE id IN (SELECT value FROM json_each(:ids)) RETURNING spec_id;
 
+-- name: release_run_spec
+-- After delete_runs: :runs runs with this spec are gone.
+UPDATE run_specs SET uses = uses - :runs WHERE id = :id;
+
 -- name: delete_unused_run_specs
-DELETE FROM run_specs WHERE id IN (SELECT value FROM json_each(:spec_ids))
-    AND NOT EXISTS (SELECT 1 FROM runs WHERE spec_id = run_specs.id);
+DELETE FROM run_specs WHERE id IN (SELECT value FROM json_each(:spec_ids)) AND uses <= 0;

@@ -35,10 +35,12 @@ CREATE TABLE job_revisions (
 );
 
 -- Each distinct spec that runs were made from, once (0006). hash: sha256 of spec, hex.
+-- uses: how many runs have it (a prune deletes it at 0).
 CREATE TABLE run_specs (
     id   INTEGER PRIMARY KEY,
     hash TEXT NOT NULL UNIQUE,
-    spec TEXT NOT NULL
+    spec TEXT NOT NULL,
+    uses INTEGER NOT NULL DEFAULT 0
 );
 
 -- AUTOINCREMENT: a pruned run's id is never handed out again.
@@ -74,7 +76,6 @@ CREATE INDEX runs_by_namespace ON runs (namespace, id);
 CREATE INDEX runs_by_job ON runs (namespace, job, id);
 CREATE INDEX runs_by_status ON runs (status, id);
 CREATE INDEX runs_by_finished ON runs (namespace, finished_at);
-CREATE INDEX runs_by_spec ON runs (spec_id);
 -- parallelism/completions: one child run per completion index of a fan-out run.
 CREATE UNIQUE INDEX runs_by_parent ON runs (parent_id, completion_index)
     WHERE parent_id IS NOT NULL;
