@@ -641,7 +641,7 @@ async def _set_suspended(request: web.Request, suspended: bool) -> web.Response:
             "suspend: false in the manifest and apply it to resume"
         )
     await ScheduleStore(engine.store).set_suspended(ns, name, suspended)
-    engine.jobs_changed.set()
+    engine.jobs_changed.note([(ns, name)])
     rows = await schedule_rows(engine.store, ns)
     return _json(next(row for row in rows if row["job"] == name))
 

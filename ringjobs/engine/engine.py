@@ -23,6 +23,7 @@ from ringjobs.engine.fanout import FanOut
 from ringjobs.engine.logsink import LogSink
 from ringjobs.engine.notify import Notifier
 from ringjobs.engine.retention import HistoryKeeper
+from ringjobs.engine.scheduler import JobChanges
 from ringjobs.engine.secretvault import SecretVault
 from ringjobs.exceptions import Conflict, EngineUnavailable, NotFound
 from ringjobs.models import JobSpec, Run, RunStatus, StopIntent, Trigger, utcnow
@@ -90,7 +91,7 @@ class Engine:
         self._reconciled = True
         self.engine_ok = False
         self.history = HistoryKeeper(store, self.remove_runs)
-        self.jobs_changed = asyncio.Event()  # set on apply and delete: the scheduler reloads
+        self.jobs_changed = JobChanges()  # noted on apply and delete: the scheduler reloads
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -358,8 +359,9 @@ class Engine:
             if outcome.run_id is not None:
                 self.enqueue(outcome.run_id)
                 await self._replace_others(outcome.spec, outcome.run_id)
-        if any(outcome.action != "unchanged" for outcome in outcomes):
-            self.jobs_changed.set()
+        changed = [(o.spec.namespace, o.spec.name) for o in outcomes if o.action != "unchanged"]
+        if changed:
+            self.jobs_changed.note(changed)
         return outcomes
 
     async def _replace_others(self, spec: JobSpec, run_id: int) -> None:
@@ -440,7 +442,7 @@ class Engine:
                 "wait for them to finish before deleting it"
             )
         await self.store.delete_job(namespace, name)
-        self.jobs_changed.set()
+        self.jobs_changed.note([(namespace, name)])
 
     async def exec_run(
         self, spec: JobSpec, caller_uid: int | None, audit: RequestAudit | None = None

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from test_engine_docker import IMAGE, Harness
 
-from ringjobs.engine.scheduler import MAX_SLEEP, Scheduler, load_schedules
+from ringjobs.engine.scheduler import MAX_SLEEP, JobChanges, Scheduler, load_schedules
 from ringjobs.exceptions import StoreUnavailable
 from ringjobs.models import JobSpec, Run, RunStatus, Trigger
 from ringjobs.store import Store
@@ -57,7 +57,7 @@ class StoreStarter:
 
     def __init__(self, store: Store) -> None:
         self.store = store
-        self.jobs_changed = asyncio.Event()
+        self.jobs_changed = JobChanges()
 
     async def start_scheduled_run(self, namespace: str, name: str, fire: ScheduledFire) -> Run:
         job = await self.store.get_job(namespace, name)
@@ -94,7 +94,7 @@ class World:
         spec = JobSpec(namespace="ns", name=name, image="busybox", **fields)
         await self.store.apply([], [spec], lambda _s, _a: False, None)
         await _backdate(self.store, name, self.clock.now())
-        self.starter.jobs_changed.set()
+        self.starter.jobs_changed.note([("ns", name)])  # as the engine's apply does
 
     async def start(self) -> Scheduler:
         self.scheduler = Scheduler(self.starter, self.clock)
@@ -257,7 +257,7 @@ async def test_suspend_stops_firing_and_resume_does_not_catch_up(world: World) -
     await world.clock.move_to(datetime(2026, 3, 2, 10, 5, 1, tzinfo=UTC))
     schedules = ScheduleStore(world.store)
     await schedules.set_suspended("ns", "job", True)
-    world.starter.jobs_changed.set()
+    world.starter.jobs_changed.note([("ns", "job")])
     await world.clock.move_to(datetime(2026, 3, 2, 10, 20, 1, tzinfo=UTC))
     assert len(await world.runs()) == 1
     [entry] = await load_schedules(world.store)
@@ -265,7 +265,7 @@ async def test_suspend_stops_firing_and_resume_does_not_catch_up(world: World) -
 
     await schedules.set_suspended("ns", "job", False)
     await _set_state_time(world.store, world.clock.now())
-    world.starter.jobs_changed.set()
+    world.starter.jobs_changed.note([("ns", "job")])
     await world.clock.move_to(datetime(2026, 3, 2, 10, 20, 2, tzinfo=UTC))
     assert len(await world.runs()) == 1  # the fires while suspended are not caught up
     await world.clock.move_to(datetime(2026, 3, 2, 10, 25, 1, tzinfo=UTC))
@@ -303,7 +303,7 @@ async def test_a_deleted_job_stops_firing_and_forgets_its_state(world: World) ->
     await ScheduleStore(world.store).set_suspended("ns", "job", True)
     await world.start()
     await world.store.delete_job("ns", "job")
-    world.starter.jobs_changed.set()
+    world.starter.jobs_changed.note([("ns", "job")])
     await world.clock.move_to(datetime(2026, 3, 2, 10, 5, 1, tzinfo=UTC))
     assert await world.runs() == [] and world.scheduler and world.scheduler.entries == {}
     assert await ScheduleStore(world.store).states() == {}
@@ -370,3 +370,28 @@ async def test_a_fire_that_hits_a_store_error_is_retried_and_others_still_fire(
     await world.clock.move_to(datetime(2026, 3, 2, 10, 5, 1, tzinfo=UTC))
     assert [f for f, _, _ in await world.fires("flaky")] == [z("2026-03-02T10:05:00")]
     assert len(await world.runs("flaky")) == 1 and len(await world.runs("steady")) == 1
+
+
+async def test_a_change_reloads_that_jobs_schedule_only(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await world.apply("a", schedule="*/5 * * * *")
+    await world.apply("b", schedule="*/5 * * * *")
+    scheduler = await world.start()
+    first_a = scheduler.entries[("ns", "a")]
+
+    async def no_full_reload(_namespace: str | None) -> Any:
+        raise AssertionError("every job's schedule was loaded again")
+
+    monkeypatch.setattr(world.store, "list_jobs", no_full_reload)
+    world.clock.asleep.clear()
+    await world.apply("b", schedule="1 10 * * *")
+    await asyncio.wait_for(world.clock.asleep.wait(), 10)
+    assert scheduler.entries[("ns", "a")] is first_a
+    assert scheduler.entries[("ns", "b")].spec.schedule == "1 10 * * *"
+    # A job that lost its schedule, and one noted but never applied: no entries.
+    world.clock.asleep.clear()
+    await world.apply("a")
+    world.starter.jobs_changed.note([("ns", "nothing")])
+    await asyncio.wait_for(world.clock.asleep.wait(), 10)
+    assert set(scheduler.entries) == {("ns", "b")}
