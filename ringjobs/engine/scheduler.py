@@ -70,7 +70,7 @@ class JobChanges(asyncio.Event):
 
     An apply of one job used to make it load every job (their specs parsed, their cron
     expressions compiled) on the event loop: with 100 scheduled jobs and an apply every
-    50 ms, that was most of the loop's busy time. set() alone still means every job.
+    50 ms, that was the largest share of its busy time. set() alone still means every job.
     """
 
     def __init__(self) -> None:
