@@ -597,11 +597,11 @@ class Store:
         where = [f"{col} = :{col}" for col in _RUN_FILTERS if given[col] is not None]
         where.append("parent_id IS NULL")  # completions are listed by their parent
         if before is not None:
-            where.append("runs.id < :before")
-        sql = "SELECT runs.*, spec FROM runs JOIN run_specs ON run_specs.id = spec_id"
+            where.append("id < :before")
+        sql = "SELECT * FROM runs_with_spec"
         if where:
             sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY runs.id DESC LIMIT :limit"
+        sql += " ORDER BY id DESC LIMIT :limit"
         params = {**given, "before": before, "limit": limit}
         return [run_from_row(r) for r in await self._fetchall(sql, params)]
 

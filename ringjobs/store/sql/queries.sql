@@ -66,11 +66,10 @@ VALUES (:namespace, :job, :revision, :trigger, 'pending', :now, :image, :command
         :caller_uid, (SELECT id FROM run_specs WHERE hash = :spec_hash));
 
 -- name: get_run
-SELECT runs.*, spec FROM runs JOIN run_specs ON run_specs.id = spec_id WHERE runs.id = :id;
+SELECT * FROM runs_with_spec WHERE id = :id;
 
 -- name: active_runs
-SELECT runs.*, spec FROM runs JOIN run_specs ON run_specs.id = spec_id
-WHERE status IN ('pending', 'starting', 'running') ORDER BY runs.id;
+SELECT * FROM runs_with_spec WHERE status IN ('pending', 'starting', 'running') ORDER BY id;
 
 -- name: active_runs_of_job
 -- Completions of a fan-out run are not counted: their parent stands for them.
@@ -78,9 +77,8 @@ SELECT id FROM runs WHERE namespace = :namespace AND job = :job
     AND status IN ('pending', 'starting', 'running') AND parent_id IS NULL ORDER BY id;
 
 -- name: last_run_of_job
-SELECT runs.*, spec FROM runs JOIN run_specs ON run_specs.id = spec_id
-WHERE namespace = :namespace AND job = :job AND parent_id IS NULL
-ORDER BY runs.id DESC LIMIT 1;
+SELECT * FROM runs_with_spec WHERE namespace = :namespace AND job = :job AND parent_id IS NULL
+ORDER BY id DESC LIMIT 1;
 
 -- name: insert_event
 INSERT INTO run_events (run_id, time, type, message, data)
@@ -167,8 +165,7 @@ VALUES (:namespace, :job, :revision, :trigger, 'pending', :now, :image, :command
 ON CONFLICT (parent_id, completion_index) WHERE parent_id IS NOT NULL DO NOTHING;
 
 -- name: child_runs
-SELECT runs.*, spec FROM runs JOIN run_specs ON run_specs.id = spec_id
-WHERE parent_id = :parent_id ORDER BY completion_index;
+SELECT * FROM runs_with_spec WHERE parent_id = :parent_id ORDER BY completion_index;
 
 -- name: child_run_id
 SELECT id FROM runs WHERE parent_id = :parent_id AND completion_index = :completion_index;

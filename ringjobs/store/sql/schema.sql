@@ -79,6 +79,9 @@ CREATE INDEX runs_by_finished ON runs (namespace, finished_at);
 -- parallelism/completions: one child run per completion index of a fan-out run.
 CREATE UNIQUE INDEX runs_by_parent ON runs (parent_id, completion_index)
     WHERE parent_id IS NOT NULL;
+-- A run as the store reads it: its row and its spec (one join, not one per query).
+CREATE VIEW runs_with_spec AS
+SELECT runs.*, run_specs.spec FROM runs JOIN run_specs ON run_specs.id = runs.spec_id;
 
 CREATE TABLE run_events (
     id      INTEGER PRIMARY KEY,
