@@ -145,7 +145,6 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="rj-prune-steps-") as tmp:
         database = Path(tmp) / "rj.db"
         shutil.copy(cached, database)
-        os.sync()  # the copy's dirty pages would otherwise be written back during the prune
         os.sync()  # else the first commit's fsync writes the whole copy back (a 1.5 s stall)
         asyncio.run(measure(database, args.prune, args.writer_gap))
 
