@@ -13,7 +13,6 @@ import os
 import sqlite3
 import time
 import uuid
-from collections import Counter
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -75,6 +74,13 @@ _PRUNE_STEP_MIN_SECONDS = 0.01
 # writers between chunks. Each statement costs: 50 took 20% more CPU than 2,000.
 _PRUNE_CHUNK = 200
 _PRUNE_LINES = 10_000  # log lines per statement (one run's log can be millions of lines)
+# After a chunk's log lines and events, in this order (the specs are found via the runs).
+_PRUNE_RUN_QUERIES = (
+    "delete_run_sources",
+    "release_run_specs",
+    "delete_unused_run_specs",
+    "delete_runs",
+)
 _VACUUM_STEP_SECONDS = 0.02
 _VACUUM_FIRST_PAGES = 256  # then sized to the time the last step took
 _VACUUM_MIN_PAGES = 16
@@ -1189,12 +1195,8 @@ def _delete_some(
                 return _Deleted(runs, lines, events)
         lines += cut
         events += conn.execute(_q("delete_run_events"), params).rowcount
-        conn.execute(_q("delete_run_sources"), params)
-        released = Counter(row[0] for row in conn.execute(_q("delete_runs"), params))
-        conn.executemany(
-            _q("release_run_spec"), [{"id": i, "runs": n} for i, n in released.items()]
-        )
-        conn.execute(_q("delete_unused_run_specs"), {"spec_ids": json.dumps(sorted(released))})
+        for query in _PRUNE_RUN_QUERIES:
+            conn.execute(_q(query), params)
         runs += len(chunk)
         if over():
             break

@@ -1183,16 +1183,16 @@ async def test_log_reads_use_the_log_index(store: Store, monkeypatch: pytest.Mon
         "delete_run_events",
         "delete_run_sources",
         "delete_runs",
-        "release_run_spec",
+        "release_run_specs",
         "delete_unused_run_specs",
     ],
 )
 def test_prune_deletes_use_indexes(name: str) -> None:
     with sqlite3.connect(":memory:") as db:
         db.executescript(schema())
-        params = {"ids": "[1, 2]", "limit": 10, "spec_ids": "[1]", "id": 1, "runs": 2}
+        params = {"ids": "[1, 2]", "limit": 10}
         plan = " | ".join(r[3] for r in db.execute("EXPLAIN QUERY PLAN " + queries()[name], params))
-    assert not re.search(r"SCAN (runs|log_lines|run_events|run_sources)\b", plan), plan
+    assert not re.search(r"SCAN (runs|run_specs|log_lines|run_events|run_sources)\b", plan), plan
     assert "INDEX" in plan or "INTEGER PRIMARY KEY" in plan, plan
 
 
