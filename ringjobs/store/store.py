@@ -85,6 +85,11 @@ _VACUUM_STEP_SECONDS = 0.02
 _VACUUM_FIRST_PAGES = 256  # then sized to the time the last step took
 _VACUUM_MIN_PAGES = 16
 _AUTOCHECKPOINT_PAGES = 1000  # SQLite's default: every commit but a bulk step's checkpoints
+# Bulk steps (~1,500 pages each) between two checkpoints: each checkpoint syncs the file,
+# and pages that consecutive steps rewrite (tree parents, free-list trunks) are copied
+# once. 100,000 runs of 1M in prune_steps.py: checkpoints 1.34 -> 0.69 s; the WAL
+# grows to ~24 MiB, and reads do not slow down for it.
+_BULK_STEPS_PER_CHECKPOINT = 4
 _ACTIVE = ("pending", "starting", "running")
 _PRAGMAS = (
     "auto_vacuum = INCREMENTAL",
@@ -213,6 +218,7 @@ class Store:
         self._lock = asyncio.Lock()
         self._waiting = 0  # tasks waiting for _lock: a prune step ends early for them
         self._deferring = 0  # bulk writes under way (see _deferred_checkpoints)
+        self._unchecked_steps = 0  # bulk steps since the last checkpoint
         self.instance_id = ""
 
     # -- lifecycle ---------------------------------------------------------------
@@ -408,14 +414,15 @@ class Store:
     async def _on_writer(self, call: Callable[[sqlite3.Connection], T], bulk: bool = False) -> T:
         """`call` on the writer's thread under the write lock, as one hop.
 
-        bulk: a step of a bulk write, inside _deferred_checkpoints. It first checkpoints
-        the few WAL frames other writers added since the last step (so its own frames
-        start a fresh WAL), and its frames are checkpointed after the lock is released.
+        bulk: a step of a bulk write, inside _deferred_checkpoints. Every
+        _BULK_STEPS_PER_CHECKPOINT steps, the frames are checkpointed after the lock is
+        released; the step after that first checkpoints the few frames other writers
+        added meanwhile, so the WAL starts anew.
         """
         db = self._writer
         if db is None:
             raise StoreUnavailable("the database is closed (the daemon is shutting down)")
-        if bulk:
+        if bulk and self._unchecked_steps == 0:
             call = partial(_checkpointed_first, call)
         async with self._locked():
             try:
@@ -428,7 +435,9 @@ class Store:
                     "(check free disk space and that the file is writable)"
                 ) from exc
         if bulk:
-            await self._checkpoint()
+            self._unchecked_steps += 1
+            if self._unchecked_steps >= _BULK_STEPS_PER_CHECKPOINT:
+                await self._checkpoint_steps()
         return result
 
     async def _fetchall(self, sql: str, params: Any, scan: bool = False) -> list[aiosqlite.Row]:
@@ -899,6 +908,7 @@ class Store:
             free -= step
             pages = max(_VACUUM_MIN_PAGES, min(2 * step, int(step * _VACUUM_STEP_SECONDS / took)))
         # The file shrinks when the WAL is checkpointed; TRUNCATE also empties the WAL.
+        await self._checkpoint_steps()  # the copying without the lock, the rest under it
         await self._on_writer(_truncate_wal)
 
     @asynccontextmanager
@@ -929,6 +939,12 @@ class Store:
             await self._on_writer(self._match_autocheckpoint)
         except StoreUnavailable:
             pass  # closed meanwhile: the setting went with the connection
+
+    async def _checkpoint_steps(self) -> None:
+        """Checkpoint the bulk steps not yet checkpointed, if any."""
+        if self._unchecked_steps:
+            self._unchecked_steps = 0
+            await self._checkpoint()
 
     async def _checkpoint(self) -> None:
         """Copy the WAL into the database; PASSIVE: writers go on meanwhile.

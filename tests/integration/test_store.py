@@ -6,7 +6,7 @@ import asyncio
 import json
 import re
 import sqlite3
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -775,11 +775,25 @@ def steps_of_one_chunk(monkeypatch: pytest.MonkeyPatch, runs: int) -> None:
     monkeypatch.setattr(store_module, "_PRUNE_CHUNK", runs)
 
 
-async def test_a_prune_checkpoints_after_each_step_without_the_lock(
-    store: Store, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("per_checkpoint", [1, 3])
+async def test_a_prune_checkpoints_every_few_steps_without_the_lock(
+    store: Store, monkeypatch: pytest.MonkeyPatch, per_checkpoint: int
 ) -> None:
     run_ids = await runs_with_logs(store, 61, 50)
     steps_of_one_chunk(monkeypatch, 10)
+    monkeypatch.setattr(store_module, "_BULK_STEPS_PER_CHECKPOINT", per_checkpoint)
+    steps = 0
+
+    def counted(real_step: Callable[..., Any]) -> Callable[..., Any]:
+        def step(*args: Any) -> Any:
+            nonlocal steps
+            steps += 1
+            return real_step(*args)
+
+        return step
+
+    for name in ("_delete_some", "_vacuum"):
+        monkeypatch.setattr(store_module, name, counted(getattr(store_module, name)))
     real = store._checkpoint
     seen: list[tuple[bool, int, int]] = []  # after each step: lock held, restarts, autocheckpoint
 
@@ -800,11 +814,12 @@ async def test_a_prune_checkpoints_after_each_step_without_the_lock(
     assert await writer_autocheckpoint(store) == store_module._AUTOCHECKPOINT_PAGES
     assert await store.delete_runs(run_ids[:60]) == (60 * 50, 60)
 
-    assert len(seen) > 6, seen  # six delete steps, then the vacuum's
+    assert steps > 6  # six delete steps, then the vacuum's
+    assert len(seen) == -(-steps // per_checkpoint), (steps, seen)  # the last: before TRUNCATE
     assert [locked for locked, _, _ in seen] == [False] * len(seen)
     # No commit checkpointed meanwhile (a write queued behind a step would have copied
-    # that step's pages). Each step began the WAL anew: it first copied the pages that
-    # the last step's checkpoint left.
+    # that step's pages). The step after each checkpoint began the WAL anew: it first
+    # copied the pages that the checkpoint left.
     assert [pages for _, _, pages in seen] == [0] * len(seen)
     restarts = [n for _, n, _ in seen]
     assert restarts == sorted(set(restarts)), restarts
@@ -825,6 +840,7 @@ async def test_overlapping_or_cancelled_prunes_turn_autocheckpoint_back_on(
 ) -> None:
     run_ids = await runs_with_logs(store, 60, 20)
     steps_of_one_chunk(monkeypatch, 5)
+    monkeypatch.setattr(store_module, "_BULK_STEPS_PER_CHECKPOINT", 1)
     real = store._checkpoint
     seen: list[int] = []  # the writer's autocheckpoint after each step
     stepped = asyncio.Event()
