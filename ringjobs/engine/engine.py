@@ -140,6 +140,10 @@ class Engine:
     def is_executing(self, run_id: int) -> bool:
         return run_id in self._tasks or run_id in self._fanout_tasks
 
+    def _executing_runs(self) -> set[int]:
+        """The runs is_executing() is true of, as a set: a prune tests 100,000 ids."""
+        return self._tasks.keys() | self._fanout_tasks.keys()
+
     @property
     def queued_count(self) -> int:
         return len(self._pending)
@@ -518,8 +522,11 @@ class Engine:
         for run_id in found.active:
             await self._cancel_for_prune(run_id)
         # Never delete a run still executing.
-        ids = [i for i in found.run_ids if not self.is_executing(i)]
-        ids = [i for i in await self.store.with_children(ids) if not self.is_executing(i)]
+        executing = self._executing_runs()
+        ids = [i for i in found.run_ids if i not in executing]
+        ids = await self.store.with_children(ids)
+        executing = self._executing_runs()  # as of now: the last await may have changed it
+        ids = [i for i in ids if i not in executing]
         containers = await self._remove_leftovers(set(ids))
         lines, events = await self.store.delete_runs(ids)
         return PruneResult(namespace, False, ids, lines, events, containers, active)

@@ -24,6 +24,7 @@ from typing import Any, NamedTuple, TypeVar
 import aiosqlite
 import structlog
 
+from ringjobs import idlists
 from ringjobs.exceptions import Conflict, StoreUnavailable
 from ringjobs.models import (
     JobSpec,
@@ -800,14 +801,17 @@ class Store:
         }
         fast = older_than is not None and not include_active and not keep_last
         query = _q("prunable_runs_older_than" if fast else "prunable_runs")
-        [row] = await self._fetchall(query, params, scan=True)
-        return PruneCandidates(sorted(json.loads(row[0])), sorted(json.loads(row[1])))
+        rows = await self._fetchall(query, params | {"block": idlists.ID_BLOCK}, scan=True)
+        run_ids = await idlists.decoded(r[0] for r in rows)
+        active = await idlists.decoded(r[1] for r in rows)
+        return PruneCandidates(sorted(run_ids), sorted(active))
 
     async def with_children(self, run_ids: Sequence[int]) -> list[int]:
         """The runs and the completions of those that fanned out (deleted together)."""
-        params = {"ids": json.dumps(list(run_ids))}
-        [row] = await self._fetchall(_q("child_run_ids"), params, scan=True)
-        children = json.loads(row[0])
+        children: list[int] = []
+        async for block in idlists.json_blocks(run_ids):
+            [row] = await self._fetchall(_q("child_run_ids"), {"ids": block}, scan=True)
+            children += json.loads(row[0])
         return sorted({*run_ids, *children}) if children else list(run_ids)
 
     async def delete_runs(self, run_ids: Sequence[int]) -> tuple[int, int]:

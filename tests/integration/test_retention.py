@@ -10,8 +10,9 @@ from typing import Any
 import pytest
 from test_engine_docker import Harness, containers_of
 
+from ringjobs import idlists
 from ringjobs.engine.retention import HistoryKeeper
-from ringjobs.models import HistoryLimit, JobSpec, RunStatus
+from ringjobs.models import HistoryLimit, JobSpec, RunStatus, Trigger
 from ringjobs.store import Store
 from ringjobs.store.schedules import ScheduleStore
 
@@ -55,6 +56,12 @@ async def fill(store: Store, per_job: int = PER_JOB, active: int = 2) -> list[di
     async with store._write() as db:
         found = await db.execute_fetchall("SELECT id, job, status, finished_at FROM runs")
     return [dict(r) for r in found]
+
+
+@pytest.fixture(autouse=True)
+def small_id_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ids in blocks of 7 (ringjobs/idlists.py): each selection spans many blocks."""
+    monkeypatch.setattr(idlists, "ID_BLOCK", 7)
 
 
 @pytest.fixture
@@ -234,7 +241,10 @@ async def test_prune_keep_last_removes_older_runs_and_their_kept_containers(
 @pytest.mark.parametrize(
     ("name", "params"),
     [
-        ("prunable_runs", {"namespace": "n", "all": 0, "statuses": None, "keep_last": 3}),
+        (
+            "prunable_runs",
+            {"namespace": "n", "all": 0, "statuses": None, "keep_last": 3, "block": 8192},
+        ),
         ("excess_history", {"namespace": "n", "job": "j", "succeeded": 1, "failed": 1}),
         ("last_scheduled_run", {"namespace": "n", "job": "j"}),
     ],
@@ -261,7 +271,7 @@ def test_retention_queries_search_the_job_index(name: str, params: dict[str, Any
     [
         (
             "prunable_runs_older_than",
-            {"namespace": "n", "older_than": "2026", "statuses": None},
+            {"namespace": "n", "older_than": "2026", "statuses": None, "block": 8192},
             "runs_by_finished",
         ),
         ("child_run_ids", {"ids": "[1, 2]"}, "runs_by_parent"),
@@ -278,3 +288,18 @@ def test_prune_selections_search_their_index(name: str, params: dict[str, Any], 
         plan = " | ".join(row[3] for row in rows)
     assert f"INDEX {index}" in plan, plan
     assert "SCAN runs" not in plan, plan
+
+
+async def test_completions_go_with_their_runs_whatever_block_they_are_in(store: Store) -> None:
+    job = JobSpec(namespace="ns", name="fan", image="busybox", completions=2)
+    parents = []
+    for _ in range(20):
+        run_id = await store.create_run(job, 1, Trigger.MANUAL, None)
+        parent = await store.get_run(run_id)
+        assert parent is not None
+        parents.append(parent)
+    children = [await store.create_child_run(p, i, job) for p in parents[::3] for i in (0, 1)]
+    chosen = sorted([p.id for p in parents[::3]] + [parents[1].id])  # 8: blocks of 7 and 1
+    got = await store.with_children(chosen)
+    assert got == sorted(chosen + children)
+    assert await store.with_children([parents[2].id]) == [parents[2].id]

@@ -139,9 +139,10 @@ SELECT seq, attempt, stream, time, line FROM (
 -- name: prunable_runs
 -- keep_last: each job's newest runs among those of the asked statuses are kept.
 -- Completions (parent_id set) are not counted: they go with their parent.
--- One row of two JSON arrays (the ids, and those of them still active), in no set
--- order: the whole scan runs in one step with the GIL released, where 100,000 rows
--- would be 100,000 Python objects built on a thread competing with the event loop.
+-- Rows of two JSON arrays (the ids, and those of them still active), one row per
+-- :block of ids (ringjobs/idlists.py), in no set order: the whole scan runs in one
+-- step with the GIL released, where 100,000 rows would be 100,000 Python objects built
+-- on a thread competing with the event loop. No row when no run is found.
 SELECT json_group_array(id) AS run_ids,
        json_group_array(id) FILTER (WHERE status NOT IN ('completed', 'failed', 'cancelled'))
            AS active
@@ -154,7 +155,8 @@ FROM (
       AND (:statuses IS NULL OR status IN (SELECT value FROM json_each(:statuses)))
 )
 WHERE newest > :keep_last
-  AND (:older_than IS NULL OR coalesce(finished_at, created_at) < :older_than);
+  AND (:older_than IS NULL OR coalesce(finished_at, created_at) < :older_than)
+GROUP BY id / :block;
 
 -- name: insert_child_run
 INSERT INTO runs (namespace, job, revision, trigger, status, created_at, image, command,
@@ -299,16 +301,18 @@ SELECT status FROM runs WHERE id = :id;
 -- name: prunable_runs_older_than
 -- The common case (--older-than, no --keep-last, no --all): a range of the
 -- runs_by_finished index instead of ranking every run of the namespace. Every final
--- transition writes finished_at. The same one row as prunable_runs.
+-- transition writes finished_at. The same rows as prunable_runs.
 SELECT json_group_array(id) AS run_ids, json('[]') AS active FROM runs
 WHERE namespace = :namespace
   AND finished_at < :older_than
   AND parent_id IS NULL
   AND status IN ('completed', 'failed', 'cancelled')
-  AND (:statuses IS NULL OR status IN (SELECT value FROM json_each(:statuses)));
+  AND (:statuses IS NULL OR status IN (SELECT value FROM json_each(:statuses)))
+GROUP BY id / :block;
 
 -- name: child_run_ids
--- The completions of fan-out runs among :ids (a JSON array), as one JSON array.
+-- The completions of fan-out runs among :ids (a JSON array of at most ID_BLOCK), as one
+-- JSON array.
 SELECT json_group_array(id) FROM runs WHERE parent_id IN (SELECT value FROM json_each(:ids));
 
 -- Prune. :ids is a JSON array of run ids: one statement text for any number of them.
