@@ -14,7 +14,7 @@ import sqlite3
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, closing
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
@@ -1209,11 +1209,16 @@ def _delete_some(
     while start + runs < len(ids):
         chunk = ids[start + runs : start + runs + _PRUNE_CHUNK]
         params = {"ids": json.dumps(chunk), "limit": _PRUNE_LINES}
-        while (cut := conn.execute(_q("delete_log_lines"), params).rowcount) == _PRUNE_LINES:
+        with closing(conn.execute(_q("more_log_lines_than"), params)) as probe:
+            long_logs = probe.fetchone() is not None
+        if not long_logs:
+            lines += conn.execute(_q("delete_all_log_lines"), params).rowcount
+        else:
+            while (cut := conn.execute(_q("delete_log_lines"), params).rowcount) == _PRUNE_LINES:
+                lines += cut
+                if over():  # a long log: its runs wait for the next step
+                    return _Deleted(runs, lines, events)
             lines += cut
-            if over():  # a long log: its runs wait for the next step
-                return _Deleted(runs, lines, events)
-        lines += cut
         events += conn.execute(_q("delete_run_events"), params).rowcount
         for query in _PRUNE_RUN_QUERIES:
             conn.execute(_q(query), params)
