@@ -7,7 +7,7 @@ Builds (once, cached in /tmp) a history like bench/scale_bench.py's (runs of 100
 10 log lines each), copies it, and deletes the oldest `--prune` runs through
 Store.delete_runs as a prune does, while a writer adds one event every `--writer-gap`
 seconds. Prints, for the writer's thread: the delete steps (their work and their
-commit), the vacuum steps and the final WAL truncate; the checkpoints after each step,
+commit), the vacuum steps and the final WAL truncate; the checkpoints every few steps,
 which run without the write lock; the bytes the process and the disk wrote; the largest
 WAL; and the writer's waits. `--busy-loop` keeps the event loop busy as a daemon
 answering API calls back to back does: the writer's thread then waits for the GIL each

@@ -857,12 +857,28 @@ async def test_overlapping_or_cancelled_prunes_turn_autocheckpoint_back_on(
     assert await writer_autocheckpoint(store) == store_module._AUTOCHECKPOINT_PAGES
 
     stepped.clear()
+    monkeypatch.setattr(store_module, "_BULK_STEPS_PER_CHECKPOINT", 4)
+    steps_of_one_chunk(monkeypatch, 2)  # ten steps
+    sixth, loop, steps = asyncio.Event(), asyncio.get_running_loop(), 0
+    real_delete = store_module._delete_some
+
+    def delete(*args: Any) -> Any:  # on the writer's thread
+        nonlocal steps
+        steps += 1
+        if steps == 6:  # four checkpointed, the fifth counted and not
+            loop.call_soon_threadsafe(sixth.set)
+        return real_delete(*args)
+
+    monkeypatch.setattr(store_module, "_delete_some", delete)
     prune = asyncio.create_task(store.delete_runs(run_ids[40:]))
-    await stepped.wait()
-    prune.cancel()  # e.g. the daemon stopping
+    await sixth.wait()
+    seen.clear()
+    prune.cancel()  # e.g. the daemon stopping, with a step not yet checkpointed
     with pytest.raises(asyncio.CancelledError):
         await prune
     assert await writer_autocheckpoint(store) == store_module._AUTOCHECKPOINT_PAGES
+    # The steps it left in the WAL were copied without the lock, not by the next commit.
+    assert (len(seen), store._unchecked_steps) == (1, 0), seen
 
 
 def stored_specs(path: Path) -> list[str]:
@@ -911,6 +927,15 @@ async def test_delete_runs_of_nothing(store: Store) -> None:
     assert await store.delete_runs([]) == (0, 0)
     assert await store.delete_runs([run_id + 100]) == (0, 0)
     assert await store.get_run(run_id) is not None
+    assert stored_specs(store.path) == [spec().canonical_json()]  # its count untouched
+
+
+async def test_two_prunes_of_the_same_runs_release_each_spec_once(store: Store) -> None:
+    run_ids = await runs_with_logs(store, 30, 3)
+    kept = await store.create_run(spec(), 1, Trigger.MANUAL, None)
+    await asyncio.gather(store.delete_runs(run_ids), store.delete_runs(run_ids[10:]))
+    assert [r.id for r in await store.list_runs(limit=100)] == [kept]
+    assert stored_specs(store.path) == [spec().canonical_json()]  # uses = 1, checked there
 
 
 async def test_pruned_run_ids_are_never_reused(store: Store) -> None:
