@@ -70,12 +70,10 @@ class Timings:
         self._deleting = False  # the writer's thread runs one call at a time
 
     def install(self) -> None:
-        real_on_writer, real_delete = Store._on_writer, store_module._delete_some
+        real_hop, real_delete = Store._hop, store_module._delete_some
         real_checkpoint = Store._checkpoint
 
-        async def on_writer(
-            store: Store, call: Callable[[sqlite3.Connection], T], bulk: bool = False
-        ) -> T:
+        async def hop(store: Store, call: Callable[[sqlite3.Connection], T]) -> T:
             name = getattr(getattr(call, "func", call), "__name__", "call")
 
             def timed(conn: sqlite3.Connection) -> T:
@@ -88,7 +86,7 @@ class Timings:
                     self.written[kind] += written_bytes() - before
                     self._deleting = False
 
-            return await real_on_writer(store, timed, bulk)
+            return await real_hop(store, timed)
 
         async def checkpoint(store: Store) -> None:
             started, before = time.perf_counter(), written_bytes()
@@ -104,7 +102,7 @@ class Timings:
             finally:
                 self.work.append(time.perf_counter() - started)
 
-        Store._on_writer = on_writer  # type: ignore[method-assign,assignment]
+        Store._hop = hop  # type: ignore[method-assign]
         Store._checkpoint = checkpoint  # type: ignore[method-assign]
         store_module._delete_some = delete_some  # type: ignore[assignment]
 

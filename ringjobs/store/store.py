@@ -418,14 +418,25 @@ class Store:
 
         bulk: a step of a bulk write, inside _deferred_checkpoints. Every
         _BULK_STEPS_PER_CHECKPOINT steps, the frames are checkpointed after the lock is
-        released; the step after that first checkpoints the few frames other writers
-        added meanwhile, so the WAL starts anew.
+        released; the step after that is preceded by a hop that checkpoints the few
+        frames other writers added meanwhile, so the WAL starts anew.
         """
+        if bulk and self._unchecked_steps == 0:
+            # A hop of its own, so that a write queued meanwhile waits for this copy or
+            # for the step, not for both: 10-40 ms each with their syncs on the scale
+            # bench. That write then starts the WAL anew; the step does if none came.
+            await self._hop(self._catch_up)
+        result = await self._hop(call)
+        if bulk:
+            self._unchecked_steps += 1
+            if self._unchecked_steps >= _BULK_STEPS_PER_CHECKPOINT:
+                await self._checkpoint_steps()
+        return result
+
+    async def _hop(self, call: Callable[[sqlite3.Connection], T]) -> T:
         db = self._writer
         if db is None:
             raise StoreUnavailable("the database is closed (the daemon is shutting down)")
-        if bulk:
-            call = partial(self._bulk_step, call)
         async with self._locked():
             try:
                 # aiosqlite has no public call for "run this on your thread"; _execute is
@@ -436,18 +447,14 @@ class Store:
                     f"cannot write the database {self.path}: {exc} "
                     "(check free disk space and that the file is writable)"
                 ) from exc
-        if bulk:
-            self._unchecked_steps += 1
-            if self._unchecked_steps >= _BULK_STEPS_PER_CHECKPOINT:
-                await self._checkpoint_steps()
         return result
 
-    def _bulk_step(self, call: Callable[[sqlite3.Connection], T], conn: sqlite3.Connection) -> T:
-        """On the writer's thread, under the lock: the first step after a checkpoint (as
-        counted now, whichever bulk write it belongs to) first copies what others added."""
+    def _catch_up(self, conn: sqlite3.Connection) -> None:
+        """On the writer's thread, under the lock: if no bulk step ran since the last
+        checkpoint (as counted now, whichever bulk write it belongs to), copy what others
+        added since."""
         if self._unchecked_steps == 0:
             conn.execute("PRAGMA wal_checkpoint(PASSIVE)").close()
-        return call(conn)
 
     async def _fetchall(self, sql: str, params: Any, scan: bool = False) -> list[aiosqlite.Row]:
         db = self._scanner if scan else self._reader

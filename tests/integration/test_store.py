@@ -6,6 +6,7 @@ import asyncio
 import json
 import re
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from functools import partial
 from pathlib import Path
@@ -833,6 +834,49 @@ async def test_a_prune_checkpoints_every_few_steps_without_the_lock(
         await store.delete_runs(run_ids[60:])
     assert await writer_autocheckpoint(store) == store_module._AUTOCHECKPOINT_PAGES
     assert [r.id for r in await store.list_runs(limit=10)] == run_ids[60:]
+
+
+async def test_a_write_queued_during_a_prunes_catch_up_goes_before_its_next_step(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run_ids = await runs_with_logs(store, 9, 20)
+    steps_of_one_chunk(monkeypatch, 2)
+    monkeypatch.setattr(store_module, "_BULK_STEPS_PER_CHECKPOINT", 2)
+    loop, order = asyncio.get_running_loop(), []
+    writes: list[asyncio.Task[None]] = []
+    real_catch_up, real_delete = store._catch_up, store_module._delete_some
+
+    def queue_a_write() -> None:
+        writes.append(loop.create_task(store.add_event(run_ids[8], "probe", "an API write")))
+
+    def catch_up(conn: sqlite3.Connection) -> None:  # on the writer's thread, under the lock
+        order.append("catch-up")
+        loop.call_soon_threadsafe(queue_a_write)
+        deadline = time.monotonic() + 5
+        while store._waiting == 0 and time.monotonic() < deadline:
+            time.sleep(0.001)  # until the write waits for the lock
+        real_catch_up(conn)
+
+    def delete(*args: Any) -> Any:
+        order.append("step")
+        return real_delete(*args)
+
+    real_add_event = store.add_event
+
+    async def add_event(*args: Any) -> None:
+        await real_add_event(*args)
+        order.append("write")
+
+    monkeypatch.setattr(store, "_catch_up", catch_up)
+    monkeypatch.setattr(store_module, "_delete_some", delete)
+    monkeypatch.setattr(store, "add_event", add_event)
+    await store.delete_runs(run_ids[:8])
+    await asyncio.gather(*writes)
+    # Four steps, checkpointed two by two: each catch-up (before the first and the
+    # third) lets the write queued meanwhile commit before the step that follows it.
+    assert order[:8] == ["catch-up", "write", "step", "step"] * 2, str(order)
+    probes = [e.type for e in await store.list_events(run_ids[8])].count("probe")
+    assert probes == order.count("catch-up") == order.count("write"), order
 
 
 async def test_overlapping_or_cancelled_prunes_turn_autocheckpoint_back_on(
