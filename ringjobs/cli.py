@@ -24,6 +24,7 @@ from ringjobs.client import (
     DaemonUnreachable,
     SocketPermissionDenied,
     default_socket_path,
+    printable,
 )
 
 # `typing` costs ~4 ms of start-up; mypy honours a plain TYPE_CHECKING constant.
@@ -644,8 +645,9 @@ def cmd_logs(args: argparse.Namespace) -> int:
         _follow_logs(client, args.run, args.tail, args.since, args.stream, args.timestamps)
         return exitcodes.OK
     _flush_both()  # nothing else is printed until the last line: no flush per line
-    for record in client.stream_logs(args.run, False, args.tail, args.since, args.stream):
-        _write_log(record, args.timestamps, flush=False, text_flushed=True)
+    lines = client.print_logs(args.run, args.tail, args.since, args.stream, args.timestamps)
+    for stream, data in lines:
+        _write_bytes(sys.stdout if stream == "stdout" else sys.stderr, data, text_flushed=True)
     _flush_both()
     return exitcodes.OK
 
@@ -1053,21 +1055,21 @@ def _write_log(
     out: TextIO | None = None,
     text_flushed: bool = False,
 ) -> None:
-    """stdout records to stdout, stderr and `system` records to stderr, as bytes.
-
-    `text_flushed`: the caller flushed both streams and prints no text meanwhile, so
-    the text layer holds nothing to keep in order with (a flush per line is a write
-    per line: 30% of `logs RUN`'s CPU).
-    """
-    stream = record.get("stream")
+    """stdout records to stdout, stderr and `system` records to stderr, as bytes."""
     if out is None:
-        out = sys.stdout if stream == "stdout" else sys.stderr
-    prefix = f"{record.get('time', '')} " if timestamps else ""
-    if record.get("completion") is not None:  # a line of one completion of a fan-out run
-        prefix += f"[{record['completion']}] "
-    if stream not in ("stdout", "stderr"):
-        prefix += "[ringjobs] "
-    data = _encode(f"{prefix}{record.get('line', '')}\n")
+        out = sys.stdout if record.get("stream") == "stdout" else sys.stderr
+    _write_bytes(out, printable(record, timestamps), text_flushed)
+    if flush:
+        out.flush()
+        buffer = getattr(out, "buffer", None)
+        if buffer is not None:
+            buffer.flush()
+
+
+def _write_bytes(out: TextIO, data: bytes, text_flushed: bool) -> None:
+    """`text_flushed`: the caller flushed both streams and prints no text meanwhile, so
+    the text layer holds nothing to keep in order with (a flush per line is a write
+    per line: 30% of `logs RUN`'s CPU)."""
     buffer = getattr(out, "buffer", None)
     if buffer is None:
         out.write(data.decode("utf-8", "replace"))
@@ -1075,18 +1077,6 @@ def _write_log(
         if not text_flushed:
             out.flush()  # keep order with text already printed on this stream
         buffer.write(data)
-    if flush:
-        out.flush()
-        if buffer is not None:
-            buffer.flush()
-
-
-def _encode(text: str) -> bytes:
-    # The daemon may carry undecodable container bytes as surrogate escapes.
-    try:
-        return text.encode("utf-8", "surrogateescape")
-    except UnicodeEncodeError:
-        return text.encode("utf-8", "replace")
 
 
 def _flush_both() -> None:

@@ -16,6 +16,8 @@ import time
 import urllib.parse
 from collections.abc import Callable, Iterator, Mapping
 
+from ringjobs.mediatypes import FRAME_HEAD, FRAME_STREAMS, LOG_FRAMES, NDJSON
+
 # `typing` costs ~4 ms of start-up; mypy honours a plain TYPE_CHECKING constant.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -29,6 +31,7 @@ DEFAULT_TIMEOUT = 120.0
 WAIT_SLICE = 30
 RETRY_FOR = 60.0
 BUSY_PAUSE = 2.0  # after a 429 (every stream/wait slot taken): ask again this much later
+_HEX = frozenset(b"0123456789abcdef")
 
 
 def default_socket_path() -> str:
@@ -218,6 +221,29 @@ class _Response:
         except OSError as exc:
             raise ConnectionLost(self._path, exc.strerror or str(exc)) from None
 
+    def frames(self) -> Iterator[tuple[str, bytes]]:
+        """Log frames (ringjobs.mediatypes): (stream, the line's bytes) each."""
+        buffer, at = b"", 0
+        while True:
+            try:
+                piece = self._piece()
+            except OSError as exc:
+                raise ConnectionLost(self._path, exc.strerror or str(exc)) from None
+            if not piece:
+                break
+            buffer, at = buffer[at:] + piece, 0
+            while len(buffer) - at >= FRAME_HEAD:
+                stream, size = FRAME_STREAMS.get(buffer[at] - 48), buffer[at + 1 : at + FRAME_HEAD]
+                if stream is None or not _HEX.issuperset(size):
+                    raise ClientError(f"the daemon at {self._path} sent an invalid log frame")
+                end = at + FRAME_HEAD + int(size, 16)
+                if end > len(buffer):
+                    break
+                yield stream, buffer[at + FRAME_HEAD : end]
+                at = end
+        if at < len(buffer):
+            raise ConnectionLost(self._path, "the answer was cut short")
+
     def read(self) -> bytes:
         """The rest of the body."""
         try:
@@ -341,6 +367,35 @@ class Client:
         query = {"follow": follow, "tail": tail, "since": since, "stream": stream}
         return self._ndjson(f"/v1/runs/{int(run_id)}/logs", query, follow)
 
+    def print_logs(
+        self,
+        run_id: int,
+        tail: int | None = None,
+        since: str | None = None,
+        stream: str | None = None,
+        timestamps: bool = False,
+    ) -> Iterator[tuple[str, bytes]]:
+        """A run's stored lines as `ringjobs logs` prints them: (stream, bytes) each.
+
+        Asks for log frames: the daemon builds the lines and nothing is escaped or
+        parsed (half the speed with NDJSON, on a 2-core host). A daemon that answers NDJSON
+        instead has its records printed the same way.
+        """
+        query = {"tail": tail, "since": since, "stream": stream, "timestamps": timestamps}
+        path = f"/v1/runs/{int(run_id)}/logs"
+        accept = f"{LOG_FRAMES}, {NDJSON};q=0.5"
+        response = self._request("GET", path, query, None, self.timeout, accept)
+        try:
+            if response.headers.get("content-type", "").startswith(LOG_FRAMES):
+                yield from response.frames()
+                return
+            while line := response.readline():
+                if line.strip():
+                    record = self._decode(line)
+                    yield str(record.get("stream")), printable(record, timestamps)
+        finally:
+            response.close()
+
     def stream_events(self, run_id: int, follow: bool = False) -> Iterator[JSON]:
         return self._ndjson(f"/v1/runs/{int(run_id)}/events", {"follow": follow}, follow)
 
@@ -463,11 +518,17 @@ class Client:
         return value
 
     def _request(
-        self, method: str, path: str, query: Query | None, body: Any, timeout: float | None
+        self,
+        method: str,
+        path: str,
+        query: Query | None,
+        body: Any,
+        timeout: float | None,
+        accept: str = "application/json",
     ) -> _Response:
         sock = self._connect(timeout)
         try:
-            sock.sendall(_encode_request(method, path + _query_string(query), body))
+            sock.sendall(_encode_request(method, path + _query_string(query), body, accept))
             response = _Response(sock, self.socket_path)
         except TimeoutError:
             sock.close()
@@ -533,15 +594,35 @@ def _query_string(query: Query | None) -> str:
     return "?" + urllib.parse.urlencode(pairs) if pairs else ""
 
 
-def _encode_request(method: str, target: str, body: Any) -> bytes:
+def _encode_request(method: str, target: str, body: Any, accept: str) -> bytes:
     payload = b"" if body is None else json.dumps(body).encode()
     head = [
         f"{method} {target} HTTP/1.1",
         "Host: localhost",
         "User-Agent: ringjobs-cli",
-        "Accept: application/json",
+        f"Accept: {accept}",
         "Connection: close",
     ]
     if body is not None or method in ("POST", "PUT", "PATCH"):
         head += ["Content-Type: application/json", f"Content-Length: {len(payload)}"]
     return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + payload
+
+
+def printable(record: JSON, timestamps: bool) -> bytes:
+    """A log record as `ringjobs logs` prints it (the daemon's log frames hold the same):
+    its time if asked, a fan-out completion's index, `[ringjobs] ` for ringjobs' own."""
+    stream = record.get("stream")
+    prefix = f"{record.get('time', '')} " if timestamps else ""
+    if record.get("completion") is not None:  # a line of one completion of a fan-out run
+        prefix += f"[{record['completion']}] "
+    if stream not in ("stdout", "stderr"):
+        prefix += "[ringjobs] "
+    return _encode(f"{prefix}{record.get('line', '')}\n")
+
+
+def _encode(text: str) -> bytes:
+    # The daemon may carry undecodable container bytes as surrogate escapes.
+    try:
+        return text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "replace")

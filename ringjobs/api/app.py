@@ -7,7 +7,7 @@ import contextlib
 import json
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 from aiohttp import web
 
@@ -29,6 +29,7 @@ from ringjobs.engine.scheduler import schedule_rows
 from ringjobs.exceptions import BadRequest, Conflict, NotFound, PayloadTooLarge, StoreUnavailable
 from ringjobs.idlists import json_list
 from ringjobs.manifest import ManifestSource, apply_overrides, exec_spec, load_manifests
+from ringjobs.mediatypes import LOG_FRAMES, NDJSON
 from ringjobs.models import JobSpec, Run, RunStatus, parse_time, utcnow
 from ringjobs.store import StoredJob
 from ringjobs.store.schedules import ScheduleStore
@@ -42,6 +43,7 @@ _FOLLOW_POLL = 1.0
 # Log lines per read. A stream holds two pages (one sent, the next read meanwhile):
 # bounded, as lines are <= max_line_bytes.
 _PAGE = 256
+_Q_ZERO = ("q=0", "q=0.0", "q=0.00", "q=0.000")  # "not acceptable" in an Accept header
 
 ENGINE_KEY = web.AppKey("engine", Engine)
 STREAMS_KEY = web.AppKey("streams", StreamSlots)
@@ -396,12 +398,30 @@ async def run_logs(request: web.Request) -> web.StreamResponse:
         raise BadRequest(f"stream must be stdout or stderr, not {stream!r}")
     since_us = _since_param(query.get("since"))
     tail = _int_param(query.get("tail"), "tail", None, 0, 1_000_000)
+    framed = _accepts(request, LOG_FRAMES)
+    form = _LogForm(framed, framed and _flag(query.get("timestamps")))
     async with request.app[STREAMS_KEY].slot():
-        response = await _ndjson(request)
+        response = await _stream(request, LOG_FRAMES if framed else NDJSON)
         with contextlib.suppress(StreamAborted):
-            await _follow_logs(request, response, run, tail, since_us, stream)
+            await _follow_logs(request, response, run, tail, since_us, stream, form)
             await response.write_eof()
         return response
+
+
+class _LogForm(NamedTuple):
+    """NDJSON records, or log frames (docs/api.md), with the time before each line."""
+
+    framed: bool
+    timestamps: bool
+
+
+def _accepts(request: web.Request, media_type: str) -> bool:
+    """Whether the Accept header names this media type (with a q above 0)."""
+    for item in request.headers.get("Accept", "").split(","):
+        name, *params = (part.strip() for part in item.split(";"))
+        if name.lower() == media_type and not any(p.replace(" ", "") in _Q_ZERO for p in params):
+            return True
+    return False
 
 
 async def _follow_logs(
@@ -411,6 +431,7 @@ async def _follow_logs(
     tail: int | None,
     since_us: int,
     stream: str | None,
+    form: _LogForm,
 ) -> None:
     """A run's lines; a fan-out run's are its completions', each marked with its index.
 
@@ -432,7 +453,7 @@ async def _follow_logs(
                 )
             completion = source.completion_index if run.fans_out else None
             after[source.id] = await _send_log_pages(
-                request, response, source.id, after[source.id], since_us, stream, completion
+                request, response, source.id, after[source.id], since_us, stream, completion, form
             )
         first = False
         if not follow or current.status.is_terminal:
@@ -448,12 +469,19 @@ async def _send_log_pages(
     since_us: int,
     stream: str | None,
     completion: int | None,
+    form: _LogForm,
 ) -> int:
     """Send a run's stored lines after seq `after`; returns the last seq sent. Each page
     is read while the one before it is sent."""
     store = _engine(request).store
 
     def read(seq: int) -> asyncio.Future[tuple[bytes, int] | None]:
+        if form.framed:
+            return asyncio.ensure_future(
+                store.read_logs_framed(
+                    run_id, seq, since_us, stream, _PAGE, completion, form.timestamps
+                )
+            )
         return asyncio.ensure_future(
             store.read_logs_ndjson(run_id, seq, since_us, stream, _PAGE, completion)
         )
@@ -487,7 +515,7 @@ async def run_events(request: web.Request) -> web.StreamResponse:
     run = await _require_run(engine, request.match_info["id"])
     follow = _flag(request.query.get("follow"))
     async with request.app[STREAMS_KEY].slot():
-        response = await _ndjson(request)
+        response = await _stream(request, NDJSON)
         with contextlib.suppress(StreamAborted):
             after = 0
             while True:
@@ -727,8 +755,8 @@ def _flag(raw: str | None) -> bool:
     return (raw or "").lower() in ("1", "true", "yes")
 
 
-async def _ndjson(request: web.Request) -> web.StreamResponse:
-    response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+async def _stream(request: web.Request, content_type: str) -> web.StreamResponse:
+    response = web.StreamResponse(headers={"Content-Type": content_type})
     response.enable_chunked_encoding()
     await response.prepare(request)
     return response

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ringjobs import __version__
+from ringjobs.mediatypes import LOG_FRAMES, NDJSON
 
 _PROBLEM = {"$ref": "#/components/schemas/Problem"}
 _RUN = {"$ref": "#/components/schemas/Run"}
@@ -45,7 +46,6 @@ def _label(name: str, where: str = "path") -> dict[str, Any]:
 _NS_NAME = [_label("ns"), _label("name")]
 _RUN_ID = [_param("id", "integer", "path")]
 _OBJECT = {"type": "object"}
-_NDJSON = "application/x-ndjson"
 
 
 def _paths() -> dict[str, Any]:
@@ -134,8 +134,15 @@ def _paths() -> dict[str, Any]:
         },
         "/v1/runs/{id}/logs": {
             "get": _op(
-                "Log records as NDJSON",
-                _answer(_OBJECT, _NDJSON),
+                "Log records as NDJSON; with `Accept: " + LOG_FRAMES + "`, each line as the "
+                "CLI prints it, framed (docs/api.md)",
+                {
+                    "description": "OK",
+                    "content": {
+                        NDJSON: {"schema": _OBJECT},
+                        LOG_FRAMES: {"schema": {"type": "string", "format": "binary"}},
+                    },
+                },
                 400,
                 404,
                 429,
@@ -145,13 +152,14 @@ def _paths() -> dict[str, Any]:
                     _param("tail", "integer"),
                     _param("since"),
                     _param("stream"),
+                    _param("timestamps"),
                 ],
             )
         },
         "/v1/runs/{id}/events": {
             "get": _op(
                 "Events as NDJSON",
-                _answer(_OBJECT, _NDJSON),
+                _answer(_OBJECT, NDJSON),
                 400,
                 404,
                 429,

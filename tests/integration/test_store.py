@@ -16,7 +16,9 @@ import aiosqlite
 import pytest
 
 import ringjobs.store.store as store_module
+from ringjobs.client import printable
 from ringjobs.exceptions import Conflict, StoreUnavailable
+from ringjobs.mediatypes import FRAME_STREAMS
 from ringjobs.models import JobSpec, NamespaceSpec, RunStatus, Trigger, utcnow
 from ringjobs.store import Store
 from ringjobs.store.queries import migrations, queries, schema
@@ -545,6 +547,38 @@ async def test_ndjson_pages_say_what_the_records_say(store: Store) -> None:
     assert json.loads(page[0]) == {**records[3].to_api(), "completion": 3}
     assert page[1] == 4
     assert await store.read_logs_ndjson(run_id, 5, 0, None, 100) is None
+
+
+async def test_log_frames_hold_each_line_as_the_cli_prints_it(store: Store) -> None:
+    run_id = await store.create_run(spec(), 1, Trigger.MANUAL, None)
+    lines = [*_AWKWARD, "a NUL \x00 inside", "x" * 70_000]
+    rows = [
+        (run_id, i + 1, 2, ("stdout", "stderr", "system")[i % 3], 1_000_000 * i + 7, text)
+        for i, text in enumerate(lines)
+    ]
+    await store.append_logs(rows, {run_id: (1, False)})
+    records = [r.to_api() for r in await store.read_logs(run_id)]
+    for timestamps, completion in ((False, None), (True, 3)):
+        page = await store.read_logs_framed(run_id, 0, 0, None, 100, completion, timestamps)
+        assert page is not None and page[1] == len(lines)
+        extra = {} if completion is None else {"completion": completion}
+        expected = [(r["stream"], printable({**r, **extra}, timestamps)) for r in records]
+        assert frames(page[0]) == expected
+
+    page = await store.read_logs_framed(run_id, 1, 1_000_007, "stderr", 1)  # seq 2, time 1.000007
+    assert page == (b"2%08x" % len(lines[1].encode() + b"\n") + lines[1].encode() + b"\n", 2)
+    assert await store.read_logs_framed(run_id, len(lines), 0, None, 100) is None
+
+
+def frames(data: bytes) -> list[tuple[str, bytes]]:
+    """Log frames cut by hand (ringjobs.mediatypes): stream digit, 8 hex digits, bytes."""
+    found, at = [], 0
+    while at < len(data):
+        size = int(data[at + 1 : at + 9], 16)
+        found.append((FRAME_STREAMS[data[at] - 48], data[at + 9 : at + 9 + size]))
+        at += 9 + size
+    assert at == len(data)
+    return found
 
 
 async def test_tail_logs_filters(store: Store) -> None:
@@ -1252,11 +1286,12 @@ async def test_log_reads_use_the_log_index(store: Store, monkeypatch: pytest.Mon
     async def action() -> None:
         await store.read_logs(run_id, after=3)
         await store.read_logs_ndjson(run_id, 3, 0, "stdout", 256)
+        await store.read_logs_framed(run_id, 3, 0, "stdout", 256)
         await store.tail_logs(run_id, 10)
         await store.last_log_seq(run_id)
 
     plans = await query_plans(store, monkeypatch, action)
-    assert len(plans) == 4
+    assert len(plans) == 5
     for plan in plans:
         assert "log_lines_by_run" in plan, plan
 

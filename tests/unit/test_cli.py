@@ -18,6 +18,7 @@ from test_client import Answer, FakeDaemon, run
 
 from ringjobs import cli
 from ringjobs.client import Client
+from ringjobs.mediatypes import LOG_FRAMES
 
 REPO = Path(__file__).resolve().parents[2]
 MANIFEST = "deployments:\n  migrate:\n    image: ${IMAGE}\n"
@@ -405,7 +406,19 @@ def test_logs_timestamps(daemon: FakeDaemon, capsys: pytest.CaptureFixture[str])
     daemon.route("GET", "/v1/runs/7/logs", Answer(lines=[log(1, "stdout", "out")]))
     assert ringjobs(daemon, "logs", "7", "--timestamps", "--since", "10m") == 0
     assert capsys.readouterr().out == "2024-05-01T10:00:01Z out\n"
-    assert daemon.requests[0].query == {"since": "10m"}
+    assert daemon.requests[0].query == {"since": "10m", "timestamps": "1"}
+
+
+def test_logs_prints_log_frames_as_they_come(
+    daemon: FakeDaemon, capsysbinary: pytest.CaptureFixture[bytes]
+) -> None:
+    frames = [(1, b"out \xff\x00\n"), (2, b"err\n"), (0, b"[ringjobs] capped\n"), (1, b"two\n")]
+    body = b"".join(b"%d%08x" % (stream, len(data)) + data for stream, data in frames)
+    daemon.route("GET", "/v1/runs/7/logs", Answer(raw=body, content_type=LOG_FRAMES))
+    assert ringjobs(daemon, "logs", "7") == 0
+    out, err = capsysbinary.readouterr()
+    assert out == b"out \xff\x00\ntwo\n"  # the bytes as stored, nothing decoded
+    assert err == b"err\n[ringjobs] capped\n"
 
 
 def test_events_follow_prints_one_line_each(

@@ -31,6 +31,7 @@ from ringjobs.client import (
     default_socket_path,
     resolve_socket_path,
 )
+from ringjobs.mediatypes import LOG_FRAMES
 
 
 @dataclass
@@ -341,6 +342,64 @@ def test_stream_lines_across_read_boundaries_come_back_whole(fake: FakeDaemon) -
     answer = Answer(raw=body, content_type="application/x-ndjson")
     fake.route("GET", "/v1/runs/7/logs", answer)
     assert list(Client(fake.socket_path).stream_logs(7)) == records
+
+
+def framed(stream: int, data: bytes) -> bytes:
+    return b"%d%08x" % (stream, len(data)) + data
+
+
+def test_print_logs_reads_log_frames_across_read_boundaries(fake: FakeDaemon) -> None:
+    # ~2.5 MB: 64 KiB reads cut frames (and their heads) anywhere; a frame may hold any
+    # byte, a newline or a NUL included: its length says where it ends.
+    lines = [
+        (
+            "stdout stderr system".split()[n % 3],
+            b"%d \x00\n\xc3\xa9 " % n + b"x" * (n * 37 % 100_000) + b"\n",
+        )
+        for n in range(1, 400)
+    ]
+    codes = {"system": 0, "stdout": 1, "stderr": 2}
+    body = b"".join(framed(codes[stream], data) for stream, data in lines)
+    fake.route("GET", "/v1/runs/7/logs", Answer(raw=body, content_type=LOG_FRAMES))
+    assert list(Client(fake.socket_path).print_logs(7, tail=5, timestamps=True)) == lines
+    assert fake.requests[0].query == {"tail": "5", "timestamps": "1"}
+
+
+def test_print_logs_prints_ndjson_records_the_same_way(fake: FakeDaemon) -> None:
+    records = [
+        {"seq": 1, "stream": "stdout", "time": "2024-05-01T10:00:01Z", "line": "out"},
+        {"seq": 2, "stream": "system", "time": "2024-05-01T10:00:02Z", "line": "capped"},
+        {
+            "seq": 3,
+            "stream": "stderr",
+            "time": "2024-05-01T10:00:03Z",
+            "line": "é",
+            "completion": 2,
+        },
+    ]
+    fake.route("GET", "/v1/runs/7/logs", Answer(lines=records))  # a daemon without frames
+    assert list(Client(fake.socket_path).print_logs(7, timestamps=True)) == [
+        ("stdout", b"2024-05-01T10:00:01Z out\n"),
+        ("system", b"2024-05-01T10:00:02Z [ringjobs] capped\n"),
+        ("stderr", "2024-05-01T10:00:03Z [2] é\n".encode()),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("body", "error", "message"),
+    [
+        (framed(1, b"one\n") + b"7000000", ConnectionLost, "cut short"),
+        (framed(1, b"one\n")[:-1], ConnectionLost, "cut short"),
+        (b"900000004two\n", ClientError, "invalid log frame"),
+        (b"10000000Xtwo\n", ClientError, "invalid log frame"),
+    ],
+)
+def test_print_logs_refuses_broken_frames(
+    fake: FakeDaemon, body: bytes, error: type[Exception], message: str
+) -> None:
+    fake.route("GET", "/v1/runs/7/logs", Answer(raw=body, content_type=LOG_FRAMES))
+    with pytest.raises(error, match=message):
+        list(Client(fake.socket_path).print_logs(7))
 
 
 def test_stream_error_raises_api_error(fake: FakeDaemon) -> None:

@@ -1,0 +1,12 @@
+"""Media types of the API's streams, shared by the daemon and the stdlib-only client.
+
+A log frame is one line as `ringjobs logs` prints it: one ASCII digit for its stream
+(0 ringjobs' own, 1 stdout, 2 stderr), its length in bytes as 8 lowercase hex digits,
+then the line's UTF-8 bytes, newline included. Nothing is escaped, so a line may hold
+any byte; the length says where it ends.
+"""
+
+NDJSON = "application/x-ndjson"
+LOG_FRAMES = "application/vnd.ringjobs.log-frames"
+FRAME_HEAD = 9  # the stream digit and the 8 hex digits of the length
+FRAME_STREAMS = {0: "system", 1: "stdout", 2: "stderr"}

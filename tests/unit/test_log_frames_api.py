@@ -1,0 +1,93 @@
+"""`GET /v1/runs/{id}/logs` through the real app: NDJSON, or log frames when asked for."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+from api_server import ApiServer
+
+from ringjobs.client import Client, printable
+from ringjobs.mediatypes import LOG_FRAMES, NDJSON
+from ringjobs.models import JobSpec, Trigger
+
+LINES = ["out 1", 'say "hi" \\n é', "err \x00 \x1b[31m", "capped"]
+STREAMS = ["stdout", "stdout", "stderr", "system"]
+
+
+@pytest.fixture
+def server(short_tmp: Path) -> ApiServer:
+    with ApiServer(short_tmp) as server:
+        spec = JobSpec(namespace="ns", name="job", image="busybox")
+        run_id = server.call(server.store.create_run(spec, 1, Trigger.MANUAL, None))
+        rows = [
+            (run_id, seq, 1, stream, 1_700_000_000_000_000 + seq, line)
+            for seq, (stream, line) in enumerate(zip(STREAMS, LINES, strict=True), start=1)
+        ]
+        server.call(server.store.append_logs(rows, {run_id: (1, False)}))
+        server.run_id = run_id  # type: ignore[attr-defined]
+        yield server
+
+
+def get(server: ApiServer, target: str, accept: str) -> tuple[str, bytes]:
+    """The Content-Type and the body (chunked: de-chunked by hand) of one GET."""
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.connect(str(server.socket_path))
+        head = f"GET {target} HTTP/1.1\r\nHost: x\r\nAccept: {accept}\r\nConnection: close\r\n"
+        sock.sendall(head.encode() + b"\r\n")
+        data = b""
+        while piece := sock.recv(65536):
+            data += piece
+    headers, _, body = data.partition(b"\r\n\r\n")
+    kind = next(
+        line.split(b":", 1)[1].strip().decode()
+        for line in headers.split(b"\r\n")
+        if line.lower().startswith(b"content-type:")
+    )
+    chunks = b""
+    while True:
+        size_line, _, body = body.partition(b"\r\n")
+        size = int(size_line, 16)
+        if size == 0:
+            return kind, chunks
+        chunks, body = chunks + body[:size], body[size + 2 :]
+
+
+@pytest.mark.parametrize("timestamps", [False, True])
+def test_the_cli_gets_log_frames_that_print_as_the_records_do(
+    server: ApiServer, timestamps: bool
+) -> None:
+    client = Client(str(server.socket_path))
+    run_id = server.run_id  # type: ignore[attr-defined]
+    records = list(client.stream_logs(run_id))
+    assert [r["line"] for r in records] == LINES
+    expected = [(r["stream"], printable(r, timestamps)) for r in records]
+    assert list(client.print_logs(run_id, timestamps=timestamps)) == expected
+    # Filters as for NDJSON: the last line of stdout.
+    tail = client.print_logs(run_id, tail=1, stream="stdout", timestamps=timestamps)
+    assert list(tail) == [expected[1]]
+
+
+@pytest.mark.parametrize(
+    ("accept", "kind"),
+    [
+        (LOG_FRAMES, LOG_FRAMES),
+        (f"text/html, {LOG_FRAMES.upper()} ; q=0.9", LOG_FRAMES),
+        (f"{LOG_FRAMES};q=0, {NDJSON}", NDJSON),
+        (f"{LOG_FRAMES} ; q=0.0", NDJSON),
+        ("application/json", NDJSON),
+        ("*/*", NDJSON),
+    ],
+)
+def test_log_frames_only_when_the_accept_header_names_them(
+    server: ApiServer, accept: str, kind: str
+) -> None:
+    run_id = server.run_id  # type: ignore[attr-defined]
+    answered, body = get(server, f"/v1/runs/{run_id}/logs?timestamps=1", accept)
+    assert answered == kind
+    if kind == NDJSON:
+        assert body.count(b"\n") == len(LINES) and body.startswith(b'{"seq": 1,')
+    else:
+        first = b"2023-11-14T22:13:20.000001Z out 1\n"
+        assert body.startswith(b"1%08x" % len(first) + first)
