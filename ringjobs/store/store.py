@@ -220,6 +220,7 @@ class Store:
         self._waiting = 0  # tasks waiting for _lock: a prune step ends early for them
         self._deferring = 0  # bulk writes under way (see _deferred_checkpoints)
         self._unchecked_steps = 0  # bulk steps since the last checkpoint
+        self._caught_up = False  # whether others' frames were copied since that checkpoint
         self.instance_id = ""
 
     # -- lifecycle ---------------------------------------------------------------
@@ -235,7 +236,7 @@ class Store:
                 "(check the database path and its permissions)"
             ) from exc
         self._lock, self._waiting, self._deferring = asyncio.Lock(), 0, 0
-        self._unchecked_steps = 0
+        self._unchecked_steps, self._caught_up = 0, False
         self._writer = await self._connect()
         try:
             await self._check_integrity(self._writer)
@@ -418,14 +419,19 @@ class Store:
 
         bulk: a step of a bulk write, inside _deferred_checkpoints. Every
         _BULK_STEPS_PER_CHECKPOINT steps, the frames are checkpointed after the lock is
-        released; the step after that is preceded by a hop that checkpoints the few
-        frames other writers added meanwhile, so the WAL starts anew.
+        released; before the step after that, the few frames other writers added
+        meanwhile are checkpointed too (_catch_up), so the WAL starts anew.
         """
-        if bulk and self._unchecked_steps == 0:
-            # A hop of its own, so that a write queued meanwhile waits for this copy or
-            # for the step, not for both: 10-40 ms each with their syncs on the scale
-            # bench. That write then starts the WAL anew; the step does if none came.
-            await self._hop(self._catch_up)
+        if bulk:
+            if not self._caught_up:
+                # A hop of its own, so that a write queued meanwhile waits for this copy
+                # or for the step, not for both: 10-40 ms each with their syncs on the
+                # scale bench. That write then starts the WAL anew; the step does if
+                # none came.
+                await self._hop(self._catch_up)
+            # Decided again when the step runs: another bulk write's step may have been
+            # checkpointed since (overlapping prunes). Then it is copied in this turn.
+            call = partial(self._bulk_step, call)
         result = await self._hop(call)
         if bulk:
             self._unchecked_steps += 1
@@ -450,11 +456,15 @@ class Store:
         return result
 
     def _catch_up(self, conn: sqlite3.Connection) -> None:
-        """On the writer's thread, under the lock: if no bulk step ran since the last
-        checkpoint (as counted now, whichever bulk write it belongs to), copy what others
-        added since."""
-        if self._unchecked_steps == 0:
+        """On the writer's thread, under the lock: once after each checkpoint of bulk
+        steps (whichever bulk write they belong to), copy what others added since."""
+        if not self._caught_up:
             conn.execute("PRAGMA wal_checkpoint(PASSIVE)").close()
+            self._caught_up = True
+
+    def _bulk_step(self, call: Callable[[sqlite3.Connection], T], conn: sqlite3.Connection) -> T:
+        self._catch_up(conn)  # a no-op unless a checkpoint came after the hop for it
+        return call(conn)
 
     async def _fetchall(self, sql: str, params: Any, scan: bool = False) -> list[aiosqlite.Row]:
         db = self._scanner if scan else self._reader
@@ -984,7 +994,7 @@ class Store:
     async def _checkpoint_steps(self) -> None:
         """Checkpoint the bulk steps not yet checkpointed, if any."""
         if self._unchecked_steps:
-            self._unchecked_steps = 0
+            self._unchecked_steps, self._caught_up = 0, False
             await self._checkpoint()
 
     async def _checkpoint(self) -> None:

@@ -884,11 +884,12 @@ async def test_a_write_queued_during_a_prunes_catch_up_goes_before_its_next_step
         writes.append(loop.create_task(store.add_event(run_ids[8], "probe", "an API write")))
 
     def catch_up(conn: sqlite3.Connection) -> None:  # on the writer's thread, under the lock
-        order.append("catch-up")
-        loop.call_soon_threadsafe(queue_a_write)
-        deadline = time.monotonic() + 5
-        while store._waiting == 0 and time.monotonic() < deadline:
-            time.sleep(0.001)  # until the write waits for the lock
+        if not store._caught_up:  # not the no-op check at each step
+            order.append("catch-up")
+            loop.call_soon_threadsafe(queue_a_write)
+            deadline = time.monotonic() + 5
+            while store._waiting == 0 and time.monotonic() < deadline:
+                time.sleep(0.001)  # until the write waits for the lock
         real_catch_up(conn)
 
     def delete(*args: Any) -> Any:
@@ -911,6 +912,46 @@ async def test_a_write_queued_during_a_prunes_catch_up_goes_before_its_next_step
     assert order[:8] == ["catch-up", "write", "step", "step"] * 2, str(order)
     probes = [e.type for e in await store.list_events(run_ids[8])].count("probe")
     assert probes == order.count("catch-up") == order.count("write"), order
+
+
+async def test_overlapping_prunes_catch_up_once_after_each_checkpoint(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run_ids = await runs_with_logs(store, 40, 5)
+    steps_of_one_chunk(monkeypatch, 2)
+    monkeypatch.setattr(store_module, "_BULK_STEPS_PER_CHECKPOINT", 3)
+    order: list[str] = []
+    real_catch_up, real_delete, real_checkpoint = (
+        store._catch_up,
+        store_module._delete_some,
+        store._checkpoint,
+    )
+
+    def catch_up(conn: sqlite3.Connection) -> None:
+        if not store._caught_up:
+            order.append("catch-up")
+        real_catch_up(conn)
+
+    def delete(*args: Any, **kwargs: Any) -> Any:
+        order.append("step")
+        return real_delete(*args, **kwargs)
+
+    async def checkpoint() -> None:
+        order.append("checkpoint")
+        await real_checkpoint()
+
+    monkeypatch.setattr(store, "_catch_up", catch_up)
+    monkeypatch.setattr(store_module, "_delete_some", delete)
+    monkeypatch.setattr(store, "_checkpoint", checkpoint)
+    # Their steps alternate: one prune's step is queued before the other's checkpoint.
+    await asyncio.gather(store.delete_runs(run_ids[:20]), store.delete_runs(run_ids[20:]))
+    deletes = order[: max(i for i, kind in enumerate(order) if kind == "step") + 1]
+    assert deletes.count("step") == 20 and deletes.count("checkpoint") >= 6, order
+    # Before the first step and after each checkpoint: one copy of the others' pages
+    # before any step, so the WAL starts anew each time.
+    runs = " ".join(deletes).split("checkpoint")
+    assert [run.split().count("catch-up") for run in runs] == [1] * len(runs), order
+    assert [run.split()[0] for run in runs] == ["catch-up"] * len(runs), order
 
 
 async def test_overlapping_or_cancelled_prunes_turn_autocheckpoint_back_on(
