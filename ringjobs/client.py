@@ -223,7 +223,7 @@ class _Response:
 
     def frames(self) -> Iterator[tuple[str, bytes]]:
         """Log frames (ringjobs.mediatypes): (stream, the line's bytes) each."""
-        buffer, at = b"", 0
+        buffer, at = bytearray(), 0  # a frame may come in many pieces: no copy per piece
         while True:
             try:
                 piece = self._piece()
@@ -231,7 +231,9 @@ class _Response:
                 raise ConnectionLost(self._path, exc.strerror or str(exc)) from None
             if not piece:
                 break
-            buffer, at = buffer[at:] + piece, 0
+            del buffer[:at]
+            buffer += piece
+            at = 0
             while len(buffer) - at >= FRAME_HEAD:
                 stream, size = FRAME_STREAMS.get(buffer[at] - 48), buffer[at + 1 : at + FRAME_HEAD]
                 if stream is None or not _HEX.issuperset(size):
@@ -239,7 +241,7 @@ class _Response:
                 end = at + FRAME_HEAD + int(size, 16)
                 if end > len(buffer):
                     break
-                yield stream, buffer[at + FRAME_HEAD : end]
+                yield stream, bytes(buffer[at + FRAME_HEAD : end])
                 at = end
         if at < len(buffer):
             raise ConnectionLost(self._path, "the answer was cut short")

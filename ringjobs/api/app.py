@@ -43,7 +43,7 @@ _FOLLOW_POLL = 1.0
 # Log lines per read. A stream holds two pages (one sent, the next read meanwhile):
 # bounded, as lines are <= max_line_bytes.
 _PAGE = 256
-_Q_ZERO = ("q=0", "q=0.0", "q=0.00", "q=0.000")  # "not acceptable" in an Accept header
+_FIRST_PAGE = 16  # the first lines out sooner (a page of 4 KiB lines is 1 MiB)
 
 ENGINE_KEY = web.AppKey("engine", Engine)
 STREAMS_KEY = web.AppKey("streams", StreamSlots)
@@ -398,7 +398,7 @@ async def run_logs(request: web.Request) -> web.StreamResponse:
         raise BadRequest(f"stream must be stdout or stderr, not {stream!r}")
     since_us = _since_param(query.get("since"))
     tail = _int_param(query.get("tail"), "tail", None, 0, 1_000_000)
-    framed = _accepts(request, LOG_FRAMES)
+    framed = _quality(request, LOG_FRAMES) > max(_quality(request, NDJSON), 0.0)
     form = _LogForm(framed, framed and _flag(query.get("timestamps")))
     async with request.app[STREAMS_KEY].slot():
         response = await _stream(request, LOG_FRAMES if framed else NDJSON)
@@ -415,13 +415,25 @@ class _LogForm(NamedTuple):
     timestamps: bool
 
 
-def _accepts(request: web.Request, media_type: str) -> bool:
-    """Whether the Accept header names this media type (with a q above 0)."""
-    for item in request.headers.get("Accept", "").split(","):
-        name, *params = (part.strip() for part in item.split(";"))
-        if name.lower() == media_type and not any(p.replace(" ", "") in _Q_ZERO for p in params):
-            return True
-    return False
+def _quality(request: web.Request, media_type: str) -> float:
+    """The q the Accept headers give this media type by name (wildcards aside); -1 if
+    they do not name it. Frames are sent only to a client that asks for them."""
+    best = -1.0
+    for header in request.headers.getall("Accept", []):
+        for item in header.split(","):
+            name, *params = (part.strip() for part in item.split(";"))
+            if name.lower() != media_type:
+                continue
+            quality = 1.0
+            for param in params:
+                key, _, value = param.partition("=")
+                if key.strip().lower() == "q":
+                    try:
+                        quality = float(value.strip())
+                    except ValueError:
+                        quality = 0.0
+            best = max(best, quality)
+    return best
 
 
 async def _follow_logs(
@@ -475,18 +487,18 @@ async def _send_log_pages(
     is read while the one before it is sent."""
     store = _engine(request).store
 
-    def read(seq: int) -> asyncio.Future[tuple[bytes, int] | None]:
+    def read(seq: int, lines: int = _PAGE) -> asyncio.Future[tuple[bytes, int] | None]:
         if form.framed:
             return asyncio.ensure_future(
                 store.read_logs_framed(
-                    run_id, seq, since_us, stream, _PAGE, completion, form.timestamps
+                    run_id, seq, since_us, stream, lines, completion, form.timestamps
                 )
             )
         return asyncio.ensure_future(
-            store.read_logs_ndjson(run_id, seq, since_us, stream, _PAGE, completion)
+            store.read_logs_ndjson(run_id, seq, since_us, stream, lines, completion)
         )
 
-    reading = read(after)
+    reading = read(after, _FIRST_PAGE)
     try:
         while page := await reading:
             lines, after = page
@@ -756,7 +768,7 @@ def _flag(raw: str | None) -> bool:
 
 
 async def _stream(request: web.Request, content_type: str) -> web.StreamResponse:
-    response = web.StreamResponse(headers={"Content-Type": content_type})
+    response = web.StreamResponse(headers={"Content-Type": content_type, "Vary": "Accept"})
     response.enable_chunked_encoding()
     await response.prepare(request)
     return response

@@ -31,7 +31,8 @@ def server(short_tmp: Path) -> ApiServer:
 
 
 def get(server: ApiServer, target: str, accept: str) -> tuple[str, bytes]:
-    """The Content-Type and the body (chunked: de-chunked by hand) of one GET."""
+    """The Content-Type and the body (chunked: de-chunked by hand) of one GET; a
+    stream's answer varies with Accept, and says so."""
     with socket.socket(socket.AF_UNIX) as sock:
         sock.connect(str(server.socket_path))
         head = f"GET {target} HTTP/1.1\r\nHost: x\r\nAccept: {accept}\r\nConnection: close\r\n"
@@ -40,6 +41,11 @@ def get(server: ApiServer, target: str, accept: str) -> tuple[str, bytes]:
         while piece := sock.recv(65536):
             data += piece
     headers, _, body = data.partition(b"\r\n\r\n")
+    if b" 200 " in headers.split(b"\r\n")[0]:
+        assert b"\r\nVary: Accept" in headers
+    else:
+        kind = headers.lower().split(b"content-type:")[1].split(b"\r\n")[0].split(b";")[0].strip()
+        return kind.decode(), body
     kind = next(
         line.split(b":", 1)[1].strip().decode()
         for line in headers.split(b"\r\n")
@@ -75,7 +81,10 @@ def test_the_cli_gets_log_frames_that_print_as_the_records_do(
         (LOG_FRAMES, LOG_FRAMES),
         (f"text/html, {LOG_FRAMES.upper()} ; q=0.9", LOG_FRAMES),
         (f"{LOG_FRAMES};q=0, {NDJSON}", NDJSON),
-        (f"{LOG_FRAMES} ; q=0.0", NDJSON),
+        (f"{LOG_FRAMES} ; Q=0.", NDJSON),
+        (f"{NDJSON}, {LOG_FRAMES};q=0.5", NDJSON),  # NDJSON preferred
+        (f"{LOG_FRAMES}, {NDJSON};q=0.5", LOG_FRAMES),  # what the CLI sends
+        (f"{LOG_FRAMES};q=nonsense", NDJSON),
         ("application/json", NDJSON),
         ("*/*", NDJSON),
     ],
@@ -91,3 +100,10 @@ def test_log_frames_only_when_the_accept_header_names_them(
     else:
         first = b"2023-11-14T22:13:20.000001Z out 1\n"
         assert body.startswith(b"1%08x" % len(first) + first)
+
+
+def test_errors_stay_problems_when_frames_are_asked_for(server: ApiServer) -> None:
+    kind, body = get(server, "/v1/runs/999/logs", LOG_FRAMES)
+    assert kind == "application/problem+json" and b"999" in body
+    kind, body = get(server, f"/v1/runs/{server.run_id}/logs?tail=-1", LOG_FRAMES)  # type: ignore[attr-defined]
+    assert kind == "application/problem+json" and b"tail" in body
