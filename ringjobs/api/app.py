@@ -488,14 +488,10 @@ async def _send_log_pages(
     store = _engine(request).store
 
     def read(seq: int, lines: int = _PAGE) -> asyncio.Future[tuple[bytes, int] | None]:
-        if form.framed:
-            return asyncio.ensure_future(
-                store.read_logs_framed(
-                    run_id, seq, since_us, stream, lines, completion, form.timestamps
-                )
-            )
         return asyncio.ensure_future(
-            store.read_logs_ndjson(run_id, seq, since_us, stream, lines, completion)
+            store.read_logs_encoded(
+                run_id, seq, since_us, stream, lines, completion, form.framed, form.timestamps
+            )
         )
 
     reading = read(after, _FIRST_PAGE)

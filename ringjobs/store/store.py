@@ -781,7 +781,7 @@ class Store:
         params = _log_page_params(run_id, after, since_us, stream, limit)
         return [_log_from_row(r) for r in await self._fetchall(_q("read_logs"), params)]
 
-    async def read_logs_ndjson(
+    async def read_logs_encoded(
         self,
         run_id: int,
         after: int,
@@ -789,30 +789,16 @@ class Store:
         stream: str | None,
         limit: int,
         completion: int | None = None,
-    ) -> tuple[bytes, int] | None:
-        """read_logs as NDJSON lines in UTF-8 (LogRecord.to_api, with `completion` if
-        given), and the last line's seq; None when there are no more lines."""
-        params = _log_page_params(run_id, after, since_us, stream, limit)
-        return await self._log_page("read_logs_ndjson", {**params, "completion": completion})
-
-    async def read_logs_framed(
-        self,
-        run_id: int,
-        after: int,
-        since_us: int,
-        stream: str | None,
-        limit: int,
-        completion: int | None = None,
+        framed: bool = False,
         timestamps: bool = False,
     ) -> tuple[bytes, int] | None:
-        """read_logs as log frames (docs/api.md), and the last line's seq; None when
-        there are no more lines."""
+        """read_logs as the API sends them, and the last line's seq; None when there are
+        no more lines. NDJSON lines in UTF-8 (LogRecord.to_api, with `completion` if
+        given), or log frames (docs/api.md), with each line's time if `timestamps`."""
         params = _log_page_params(run_id, after, since_us, stream, limit)
         extra = {"completion": completion, "timestamps": timestamps}
-        return await self._log_page("read_logs_framed", {**params, **extra})
-
-    async def _log_page(self, query: str, params: dict[str, Any]) -> tuple[bytes, int] | None:
-        rows = await self._fetchall(_q(query), params)
+        query = _q("read_logs_framed" if framed else "read_logs_ndjson")
+        rows = await self._fetchall(query, {**params, **extra})
         return (b"".join([row[1] for row in rows]), rows[-1][0]) if rows else None
 
     async def tail_logs(

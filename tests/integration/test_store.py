@@ -534,7 +534,7 @@ async def test_ndjson_pages_say_what_the_records_say(store: Store) -> None:
     await store.append_logs(rows, {run_id: (1, False)})
     records = await store.read_logs(run_id)
 
-    page = await store.read_logs_ndjson(run_id, 0, 0, None, 100)
+    page = await store.read_logs_encoded(run_id, 0, 0, None, 100)
     assert page is not None
     data, last = page
     text = data.decode()
@@ -542,11 +542,11 @@ async def test_ndjson_pages_say_what_the_records_say(store: Store) -> None:
     assert [json.loads(line) for line in text.split("\n")[:-1]] == [r.to_api() for r in records]
     assert [r.line for r in records] == _AWKWARD  # stored as given
 
-    page = await store.read_logs_ndjson(run_id, 1, 1_000_000, "stdout", 1, completion=3)
+    page = await store.read_logs_encoded(run_id, 1, 1_000_000, "stdout", 1, completion=3)
     assert page is not None
     assert json.loads(page[0]) == {**records[3].to_api(), "completion": 3}
     assert page[1] == 4
-    assert await store.read_logs_ndjson(run_id, 5, 0, None, 100) is None
+    assert await store.read_logs_encoded(run_id, 5, 0, None, 100) is None
 
 
 async def test_log_frames_hold_each_line_as_the_cli_prints_it(store: Store) -> None:
@@ -559,15 +559,15 @@ async def test_log_frames_hold_each_line_as_the_cli_prints_it(store: Store) -> N
     await store.append_logs(rows, {run_id: (1, False)})
     records = [r.to_api() for r in await store.read_logs(run_id)]
     for timestamps, completion in ((False, None), (True, 3)):
-        page = await store.read_logs_framed(run_id, 0, 0, None, 100, completion, timestamps)
+        page = await store.read_logs_encoded(run_id, 0, 0, None, 100, completion, True, timestamps)
         assert page is not None and page[1] == len(lines)
         extra = {} if completion is None else {"completion": completion}
         expected = [(r["stream"], printable({**r, **extra}, timestamps)) for r in records]
         assert frames(page[0]) == expected
 
-    page = await store.read_logs_framed(run_id, 1, 1_000_007, "stderr", 1)  # seq 2, time 1.000007
+    page = await store.read_logs_encoded(run_id, 1, 1_000_007, "stderr", 1, framed=True)  # seq 2
     assert page == (b"2%08x" % len(lines[1].encode() + b"\n") + lines[1].encode() + b"\n", 2)
-    assert await store.read_logs_framed(run_id, len(lines), 0, None, 100) is None
+    assert await store.read_logs_encoded(run_id, len(lines), 0, None, 100, framed=True) is None
 
 
 def frames(data: bytes) -> list[tuple[str, bytes]]:
@@ -1326,8 +1326,8 @@ async def test_log_reads_use_the_log_index(store: Store, monkeypatch: pytest.Mon
 
     async def action() -> None:
         await store.read_logs(run_id, after=3)
-        await store.read_logs_ndjson(run_id, 3, 0, "stdout", 256)
-        await store.read_logs_framed(run_id, 3, 0, "stdout", 256)
+        await store.read_logs_encoded(run_id, 3, 0, "stdout", 256)
+        await store.read_logs_encoded(run_id, 3, 0, "stdout", 256, framed=True)
         await store.tail_logs(run_id, 10)
         await store.last_log_seq(run_id)
 
