@@ -380,8 +380,8 @@ class Client:
         """A run's stored lines as `ringjobs logs` prints them: (stream, bytes) each.
 
         Asks for log frames: the daemon builds the lines and nothing is escaped or
-        parsed (half the speed with NDJSON, on a 2-core host). A daemon that answers NDJSON
-        instead has its records printed the same way.
+        parsed (half the speed with NDJSON, on a 2-core host). A daemon that answers
+        NDJSON instead has its records printed the same way.
         """
         query = {"tail": tail, "since": since, "stream": stream, "timestamps": timestamps}
         path = f"/v1/runs/{int(run_id)}/logs"
@@ -391,10 +391,8 @@ class Client:
             if response.headers.get("content-type", "").startswith(LOG_FRAMES):
                 yield from response.frames()
                 return
-            while line := response.readline():
-                if line.strip():
-                    record = self._decode(line)
-                    yield str(record.get("stream")), printable(record, timestamps)
+            for record in self._records(response):
+                yield str(record.get("stream")), printable(record, timestamps)
         finally:
             response.close()
 
@@ -504,11 +502,15 @@ class Client:
         # A follow may stay silent for hours while the job is quiet: no read timeout.
         response = self._request("GET", path, query, None, None if follow else self.timeout)
         try:
-            while line := response.readline():
-                if line.strip():
-                    yield self._decode(line)
+            yield from self._records(response)
         finally:
             response.close()
+
+    def _records(self, response: _Response) -> Iterator[JSON]:
+        """An NDJSON body's records."""
+        while line := response.readline():
+            if line.strip():
+                yield self._decode(line)
 
     def _decode(self, data: bytes) -> JSON:
         try:

@@ -870,6 +870,30 @@ async def test_a_prune_checkpoints_every_few_steps_without_the_lock(
     assert [r.id for r in await store.list_runs(limit=10)] == run_ids[60:]
 
 
+def record_bulk_order(
+    store: Store,
+    monkeypatch: pytest.MonkeyPatch,
+    order: list[str],
+    catching_up: Callable[[], None] = lambda: None,
+) -> None:
+    """Append "catch-up" (a real one, not the no-op check at each step, after which
+    `catching_up` runs on the writer's thread, under the lock) and "step" to `order`."""
+    real_catch_up, real_delete = store._catch_up, store_module._delete_some
+
+    def catch_up(conn: sqlite3.Connection) -> None:
+        if not store._caught_up:
+            order.append("catch-up")
+            catching_up()
+        real_catch_up(conn)
+
+    def delete(*args: Any, **kwargs: Any) -> Any:
+        order.append("step")
+        return real_delete(*args, **kwargs)
+
+    monkeypatch.setattr(store, "_catch_up", catch_up)
+    monkeypatch.setattr(store_module, "_delete_some", delete)
+
+
 async def test_a_write_queued_during_a_prunes_catch_up_goes_before_its_next_step(
     store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -878,23 +902,15 @@ async def test_a_write_queued_during_a_prunes_catch_up_goes_before_its_next_step
     monkeypatch.setattr(store_module, "_BULK_STEPS_PER_CHECKPOINT", 2)
     loop, order = asyncio.get_running_loop(), []
     writes: list[asyncio.Task[None]] = []
-    real_catch_up, real_delete = store._catch_up, store_module._delete_some
 
     def queue_a_write() -> None:
         writes.append(loop.create_task(store.add_event(run_ids[8], "probe", "an API write")))
 
-    def catch_up(conn: sqlite3.Connection) -> None:  # on the writer's thread, under the lock
-        if not store._caught_up:  # not the no-op check at each step
-            order.append("catch-up")
-            loop.call_soon_threadsafe(queue_a_write)
-            deadline = time.monotonic() + 5
-            while store._waiting == 0 and time.monotonic() < deadline:
-                time.sleep(0.001)  # until the write waits for the lock
-        real_catch_up(conn)
-
-    def delete(*args: Any) -> Any:
-        order.append("step")
-        return real_delete(*args)
+    def a_write_waits() -> None:
+        loop.call_soon_threadsafe(queue_a_write)
+        deadline = time.monotonic() + 5
+        while store._waiting == 0 and time.monotonic() < deadline:
+            time.sleep(0.001)  # until the write waits for the lock
 
     real_add_event = store.add_event
 
@@ -902,8 +918,7 @@ async def test_a_write_queued_during_a_prunes_catch_up_goes_before_its_next_step
         await real_add_event(*args)
         order.append("write")
 
-    monkeypatch.setattr(store, "_catch_up", catch_up)
-    monkeypatch.setattr(store_module, "_delete_some", delete)
+    record_bulk_order(store, monkeypatch, order, a_write_waits)
     monkeypatch.setattr(store, "add_event", add_event)
     await store.delete_runs(run_ids[:8])
     await asyncio.gather(*writes)
@@ -921,27 +936,13 @@ async def test_overlapping_prunes_catch_up_once_after_each_checkpoint(
     steps_of_one_chunk(monkeypatch, 2)
     monkeypatch.setattr(store_module, "_BULK_STEPS_PER_CHECKPOINT", 3)
     order: list[str] = []
-    real_catch_up, real_delete, real_checkpoint = (
-        store._catch_up,
-        store_module._delete_some,
-        store._checkpoint,
-    )
-
-    def catch_up(conn: sqlite3.Connection) -> None:
-        if not store._caught_up:
-            order.append("catch-up")
-        real_catch_up(conn)
-
-    def delete(*args: Any, **kwargs: Any) -> Any:
-        order.append("step")
-        return real_delete(*args, **kwargs)
+    real_checkpoint = store._checkpoint
 
     async def checkpoint() -> None:
         order.append("checkpoint")
         await real_checkpoint()
 
-    monkeypatch.setattr(store, "_catch_up", catch_up)
-    monkeypatch.setattr(store_module, "_delete_some", delete)
+    record_bulk_order(store, monkeypatch, order)
     monkeypatch.setattr(store, "_checkpoint", checkpoint)
     # Their steps alternate: one prune's step is queued before the other's checkpoint.
     await asyncio.gather(store.delete_runs(run_ids[:20]), store.delete_runs(run_ids[20:]))
