@@ -646,8 +646,13 @@ def cmd_logs(args: argparse.Namespace) -> int:
         return exitcodes.OK
     _flush_both()  # nothing else is printed until the last line: no flush per line
     lines = client.print_logs(args.run, args.tail, args.since, args.stream, args.timestamps)
+    previous = None
     for stream, data in lines:
-        _write_bytes(sys.stdout if stream == "stdout" else sys.stderr, data, text_flushed=True)
+        out = sys.stdout if stream == "stdout" else sys.stderr
+        if previous is not None and out is not previous:
+            _flush_both()  # in order when both go to one place (2>&1)
+        _write_bytes(out, data, text_flushed=True)
+        previous = out
     _flush_both()
     return exitcodes.OK
 

@@ -222,7 +222,9 @@ class _Response:
             raise ConnectionLost(self._path, exc.strerror or str(exc)) from None
 
     def frames(self) -> Iterator[tuple[str, bytes]]:
-        """Log frames (ringjobs.mediatypes): (stream, the line's bytes) each."""
+        """Log frames (ringjobs.mediatypes): (stream, its lines' bytes) for each run of
+        lines of one stream in what has arrived, in order. Joined so that `logs RUN`
+        writes a piece at a time, not a line (a pipe's reader woke for each line)."""
         buffer, at = bytearray(), 0  # a frame may come in many pieces: no copy per piece
         while True:
             try:
@@ -233,7 +235,18 @@ class _Response:
                 break
             del buffer[:at]
             buffer += piece
-            at = 0
+            runs, at = self._whole_frames(buffer)
+            yield from runs
+        if at < len(buffer):
+            raise ConnectionLost(self._path, "the answer was cut short")
+
+    def _whole_frames(self, buffer: bytearray) -> tuple[list[tuple[str, bytes]], int]:
+        """The runs of one stream's lines in the whole frames at the start of `buffer`,
+        and how many bytes those frames take."""
+        runs: list[tuple[str, bytes]] = []
+        lines: list[memoryview] = []  # of the current run, not copied until joined
+        current, at = "", 0
+        with memoryview(buffer) as view:
             while len(buffer) - at >= FRAME_HEAD:
                 stream, size = FRAME_STREAMS.get(buffer[at] - 48), buffer[at + 1 : at + FRAME_HEAD]
                 if stream is None or not _HEX.issuperset(size):
@@ -241,10 +254,16 @@ class _Response:
                 end = at + FRAME_HEAD + int(size, 16)
                 if end > len(buffer):
                     break
-                yield stream, bytes(buffer[at + FRAME_HEAD : end])
+                if stream != current and lines:
+                    runs.append((current, b"".join(lines)))
+                    lines.clear()
+                current = stream
+                lines.append(view[at + FRAME_HEAD : end])
                 at = end
-        if at < len(buffer):
-            raise ConnectionLost(self._path, "the answer was cut short")
+            if lines:
+                runs.append((current, b"".join(lines)))
+            lines.clear()  # the views go before `view` is released, and before `buffer` grows
+        return runs, at
 
     def read(self) -> bytes:
         """The rest of the body."""
@@ -377,7 +396,8 @@ class Client:
         stream: str | None = None,
         timestamps: bool = False,
     ) -> Iterator[tuple[str, bytes]]:
-        """A run's stored lines as `ringjobs logs` prints them: (stream, bytes) each.
+        """A run's stored lines as `ringjobs logs` prints them: (stream, bytes of one or
+        more of its lines) each, in order.
 
         Asks for log frames: the daemon builds the lines and nothing is escaped or
         parsed (half the speed with NDJSON, on a 2-core host). A daemon that answers

@@ -196,6 +196,9 @@ def timeout_middleware(config: Config) -> Any:
     return middleware
 
 
+_WRITE_PIECE = 65536  # 64 KiB: 32-128 KiB measured alike, 1 MiB slower (logs RUN of 256 MiB)
+
+
 class StreamAborted(Exception):
     """A streaming client stopped reading or went away; its connection is closed."""
 
@@ -223,10 +226,16 @@ class StreamSlots:
             self.open -= 1
 
     async def write(self, request: web.Request, response: web.StreamResponse, data: bytes) -> None:
-        """Write, or drop the connection of a client that has not read for write_timeout."""
+        """Write, or drop the connection of a client that has not read for write_timeout.
+
+        A piece at a time: the socket takes a piece whole, copied once. What it did not
+        take of a 1 MiB page was copied twice more, into Python 3.11's transport buffer.
+        """
+        view = memoryview(data)
         try:
             async with asyncio.timeout(self.write_timeout):
-                await response.write(data)
+                for at in range(0, len(view), _WRITE_PIECE):
+                    await response.write(view[at : at + _WRITE_PIECE])
         except (TimeoutError, ConnectionError) as exc:
             if request.transport is not None:
                 request.transport.abort()

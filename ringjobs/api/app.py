@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import socket
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple
@@ -43,6 +44,7 @@ _FOLLOW_POLL = 1.0
 # Log lines per read. A stream holds two pages (one sent, the next read meanwhile):
 # bounded, as lines are <= max_line_bytes.
 _PAGE = 256
+_STREAM_SOCKET_BUFFER = 1 << 20  # bytes; see _stream
 _FIRST_PAGE = 16  # the first lines out sooner (a page of 4 KiB lines is 1 MiB)
 
 ENGINE_KEY = web.AppKey("engine", Engine)
@@ -764,6 +766,12 @@ def _flag(raw: str | None) -> bool:
 
 
 async def _stream(request: web.Request, content_type: str) -> web.StreamResponse:
+    sock = request.transport.get_extra_info("socket") if request.transport else None
+    if sock is not None:
+        # The reader and the daemon take turns less often (on 2 cores, a context switch
+        # each): `logs RUN` of 256 MiB went 165-186 -> 212-298 MiB/s. The kernel caps
+        # it at net.core.wmem_max; it is memory only while the reader lags.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _STREAM_SOCKET_BUFFER)
     response = web.StreamResponse(headers={"Content-Type": content_type, "Vary": "Accept"})
     response.enable_chunked_encoding()
     await response.prepare(request)

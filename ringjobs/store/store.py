@@ -110,6 +110,26 @@ _INTEGRITY_ERRORS = 5  # problems quoted when the database fails its check at st
 _RUN_FILTERS = ("namespace", "job", "status")
 _STREAM_CODES = {"system": 0, "stdout": 1, "stderr": 2}
 _STREAM_NAMES = {code: name for name, code in _STREAM_CODES.items()}
+_SYSTEM_MARK = b"[ringjobs] "  # before the daemon's own lines, as `ringjobs logs` prints them
+
+
+def _fetch_rows(sql: str, params: Any, conn: sqlite3.Connection) -> list[Any]:
+    with closing(conn.execute(sql, params)) as cursor:
+        return cursor.fetchall()
+
+
+def _log_frames(rows: Sequence[Any], completion: int | None) -> bytes:
+    """Log frames (docs/api.md) of read_logs_framed's rows: each line as `ringjobs logs`
+    prints it (time, fan-out index, system mark), after its stream digit and length."""
+    lead = b"" if completion is None else b"[%d] " % completion
+    parts: list[bytes] = []
+    add = parts.extend
+    for _seq, stream, stamp, line in rows:
+        head = lead if stamp is None else stamp + lead
+        if stream not in (1, 2):
+            head += _SYSTEM_MARK
+        add((b"%d%08x" % (stream, len(head) + len(line) + 1), head, line, b"\n"))
+    return b"".join(parts)
 
 
 @dataclass(frozen=True)
@@ -466,16 +486,21 @@ class Store:
         self._catch_up(conn)  # a no-op unless a checkpoint came after the hop for it
         return call(conn)
 
-    async def _fetchall(self, sql: str, params: Any, scan: bool = False) -> list[aiosqlite.Row]:
+    async def _read(self, call: Callable[[sqlite3.Connection], T], scan: bool = False) -> T:
+        """Run `call` on a reading connection's thread: the scanner's if `scan`."""
         db = self._scanner if scan else self._reader
         if db is None:
             raise StoreUnavailable("the database is closed (the daemon is shutting down)")
         try:
-            # One call on aiosqlite's thread: a cursor left open between awaits would keep
-            # an old snapshot for every other read sharing this connection.
-            return list(await db.execute_fetchall(sql, params))
+            result: T = await db._execute(call, db._conn)  # type: ignore[no-untyped-call]
         except sqlite3.OperationalError as exc:
             raise StoreUnavailable(f"cannot read the database {self.path}: {exc}") from exc
+        return result
+
+    async def _fetchall(self, sql: str, params: Any, scan: bool = False) -> list[aiosqlite.Row]:
+        # One call on the thread: a cursor left open between awaits would keep an old
+        # snapshot for every other read sharing this connection.
+        return await self._read(partial(_fetch_rows, sql, params), scan)
 
     async def _fetchone(self, sql: str, params: Any) -> aiosqlite.Row | None:
         rows = await self._fetchall(sql, params)
@@ -796,10 +821,18 @@ class Store:
         no more lines. NDJSON lines in UTF-8 (LogRecord.to_api, with `completion` if
         given), or log frames (docs/api.md), with each line's time if `timestamps`."""
         params = _log_page_params(run_id, after, since_us, stream, limit)
-        extra = {"completion": completion, "timestamps": timestamps}
+        params |= {"completion": completion, "timestamps": timestamps}
         query = _q("read_logs_framed" if framed else "read_logs_ndjson")
-        rows = await self._fetchall(query, {**params, **extra})
-        return (b"".join([row[1] for row in rows]), rows[-1][0]) if rows else None
+
+        def page(conn: sqlite3.Connection) -> tuple[bytes, int] | None:
+            # Built and joined on the reader's thread: the event loop only sends the page.
+            rows = _fetch_rows(query, params, conn)
+            if not rows:
+                return None
+            data = _log_frames(rows, completion) if framed else b"".join([r[1] for r in rows])
+            return data, rows[-1][0]
+
+        return await self._read(page)
 
     async def tail_logs(
         self, run_id: int, tail: int, since_us: int = 0, stream: str | None = None

@@ -1280,20 +1280,16 @@ async def test_listing_indexes_exist(store: Store) -> None:
     assert "UNIQUE INDEX log_lines_by_run ON log_lines (run_id, seq)" in indexes["log_lines_by_run"]
 
 
-async def query_plans(
-    store: Store, monkeypatch: pytest.MonkeyPatch, action: Any, connection: str = "_reader"
-) -> list[str]:
-    """The query plan of every statement `action` runs, with the parameters it used."""
-    db = getattr(store, connection)
+async def query_plans(store: Store, monkeypatch: pytest.MonkeyPatch, action: Any) -> list[str]:
+    """The query plan of every statement `action` reads with, with the parameters it used."""
     seen: list[tuple[str, Any]] = []
-    for method in ("execute", "execute_fetchall"):  # reads use the latter
-        real = getattr(db, method)
+    real = store_module._fetch_rows  # every read goes through it, on a reader's thread
 
-        def recording(sql: str, params: Any = None, _real: Any = real) -> Any:
-            seen.append((sql, params))
-            return _real(sql, params)
+    def recording(sql: str, params: Any, conn: sqlite3.Connection) -> Any:
+        seen.append((sql, params))
+        return real(sql, params, conn)
 
-        monkeypatch.setattr(db, method, recording)
+    monkeypatch.setattr(store_module, "_fetch_rows", recording)
     await action()
     monkeypatch.undo()
     plans = []

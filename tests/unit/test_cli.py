@@ -421,6 +421,20 @@ def test_logs_prints_log_frames_as_they_come(
     assert err == b"err\n[ringjobs] capped\n"
 
 
+def test_logs_keeps_the_order_of_its_streams_when_both_go_to_one_file(
+    daemon: FakeDaemon, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    frames = [(1, b"out 1\n"), (2, b"err\n"), (1, b"out 2\n"), (0, b"[ringjobs] x\n"), (1, b"3\n")]
+    body = b"".join(b"%d%08x" % (stream, len(data)) + data for stream, data in frames)
+    daemon.route("GET", "/v1/runs/7/logs", Answer(raw=body, content_type=LOG_FRAMES))
+    with open(tmp_path / "both", "wb") as both:  # `ringjobs logs 7 >both 2>&1`
+        for name in ("stdout", "stderr"):
+            raw = io.FileIO(both.fileno(), "w", closefd=False)
+            monkeypatch.setattr(sys, name, io.TextIOWrapper(io.BufferedWriter(raw)))
+        assert ringjobs(daemon, "logs", "7") == 0
+    assert (tmp_path / "both").read_bytes() == b"".join(data for _, data in frames)
+
+
 def test_events_follow_prints_one_line_each(
     daemon: FakeDaemon, capsys: pytest.CaptureFixture[str], utc: None
 ) -> None:

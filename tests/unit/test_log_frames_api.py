@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from api_server import ApiServer
+from test_client import stream_runs
 
 from ringjobs.client import Client, printable
 from ringjobs.mediatypes import LOG_FRAMES, NDJSON
@@ -69,7 +70,7 @@ def test_the_cli_gets_log_frames_that_print_as_the_records_do(
     records = list(client.stream_logs(run_id))
     assert [r["line"] for r in records] == LINES
     expected = [(r["stream"], printable(r, timestamps)) for r in records]
-    assert list(client.print_logs(run_id, timestamps=timestamps)) == expected
+    assert stream_runs(client.print_logs(run_id, timestamps=timestamps)) == stream_runs(expected)
     # Filters as for NDJSON: the last line of stdout.
     tail = client.print_logs(run_id, tail=1, stream="stdout", timestamps=timestamps)
     assert list(tail) == [expected[1]]
