@@ -222,10 +222,9 @@ class _Response:
             raise ConnectionLost(self._path, exc.strerror or str(exc)) from None
 
     def frames(self) -> Iterator[tuple[str, bytes]]:
-        """Log frames (ringjobs.mediatypes): (stream, its lines' bytes) for each run of
-        lines of one stream in what has arrived, in order. Joined so that `logs RUN`
-        writes a piece at a time, not a line (a pipe's reader woke for each line)."""
-        buffer, at = bytearray(), 0  # a frame may come in many pieces: no copy per piece
+        """Log frames (ringjobs.mediatypes): (stream, bytes) as they arrive, in order. A
+        frame's bytes may come in several pieces: each is handed out as it comes."""
+        head, stream, left = bytearray(), "", 0  # left: bytes of the frame still to come
         while True:
             try:
                 piece = self._piece()
@@ -233,37 +232,28 @@ class _Response:
                 raise ConnectionLost(self._path, exc.strerror or str(exc)) from None
             if not piece:
                 break
-            del buffer[:at]
-            buffer += piece
-            runs, at = self._whole_frames(buffer)
-            yield from runs
-        if at < len(buffer):
+            at = 0
+            while at < len(piece):
+                if left:
+                    take = min(left, len(piece) - at)
+                    yield stream, piece[at : at + take]  # all of it: the piece, not a copy
+                    at, left = at + take, left - take
+                    continue
+                need = FRAME_HEAD - len(head)
+                head += piece[at : at + need]
+                at += need
+                if len(head) == FRAME_HEAD:
+                    stream, left = self._frame_head(head)
+                    head.clear()
+        if head or left:
             raise ConnectionLost(self._path, "the answer was cut short")
 
-    def _whole_frames(self, buffer: bytearray) -> tuple[list[tuple[str, bytes]], int]:
-        """The runs of one stream's lines in the whole frames at the start of `buffer`,
-        and how many bytes those frames take."""
-        runs: list[tuple[str, bytes]] = []
-        lines: list[memoryview] = []  # of the current run, not copied until joined
-        current, at = "", 0
-        with memoryview(buffer) as view:
-            while len(buffer) - at >= FRAME_HEAD:
-                stream, size = FRAME_STREAMS.get(buffer[at] - 48), buffer[at + 1 : at + FRAME_HEAD]
-                if stream is None or not _HEX.issuperset(size):
-                    raise ClientError(f"the daemon at {self._path} sent an invalid log frame")
-                end = at + FRAME_HEAD + int(size, 16)
-                if end > len(buffer):
-                    break
-                if stream != current and lines:
-                    runs.append((current, b"".join(lines)))
-                    lines.clear()
-                current = stream
-                lines.append(view[at + FRAME_HEAD : end])
-                at = end
-            if lines:
-                runs.append((current, b"".join(lines)))
-            lines.clear()  # the views go before `view` is released, and before `buffer` grows
-        return runs, at
+    def _frame_head(self, head: bytearray) -> tuple[str, int]:
+        """A frame's stream and length, from its stream digit and 8 hex digits."""
+        stream, size = FRAME_STREAMS.get(head[0] - 48), head[1:]
+        if stream is None or not _HEX.issuperset(size):
+            raise ClientError(f"the daemon at {self._path} sent an invalid log frame")
+        return stream, int(size, 16)
 
     def read(self) -> bytes:
         """The rest of the body."""
@@ -396,8 +386,8 @@ class Client:
         stream: str | None = None,
         timestamps: bool = False,
     ) -> Iterator[tuple[str, bytes]]:
-        """A run's stored lines as `ringjobs logs` prints them: (stream, bytes of one or
-        more of its lines) each, in order.
+        """A run's stored lines as `ringjobs logs` prints them: (stream, bytes) pieces in
+        order, of one line, several, or part of one.
 
         Asks for log frames: the daemon builds the lines and nothing is escaped or
         parsed (half the speed with NDJSON, on a 2-core host). A daemon that answers

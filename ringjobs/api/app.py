@@ -34,18 +34,20 @@ from ringjobs.mediatypes import LOG_FRAMES, NDJSON
 from ringjobs.models import JobSpec, Run, RunStatus, parse_time, utcnow
 from ringjobs.store import StoredJob
 from ringjobs.store.schedules import ScheduleStore
-from ringjobs.store.store import ApplyOutcome, RequestAudit
+from ringjobs.store.store import ApplyOutcome, LogPage, RequestAudit
 from ringjobs.units import UnitError, parse_duration
 
 _MAX_ID_DIGITS = 18  # fits SQLite's 64-bit integers
 _MAX_INT = 2**63 - 1
 _WAIT_DEFAULT, _WAIT_MAX = 30.0, 300.0
 _FOLLOW_POLL = 1.0
-# Log lines per read. A stream holds two pages (one sent, the next read meanwhile):
-# bounded, as lines are <= max_line_bytes.
-_PAGE = 256
+# A page of log lines: about _PAGE_BYTES at the bytes per line of the page before, and
+# _PAGE_LINES at least and at most. The first page is the smallest: its lines out sooner.
+# A stream holds two pages (one sent, the next read meanwhile): bounded, as lines are
+# <= max_line_bytes. Pages of 256 lines came at 24 MiB/s for 100-byte lines.
+_PAGE_BYTES = 1 << 20
+_PAGE_LINES = (16, 4096)  # 4096 lines of 100 bytes: about 6 ms of the reader's thread
 _STREAM_SOCKET_BUFFER = 1 << 20  # bytes; see _stream
-_FIRST_PAGE = 16  # the first lines out sooner (a page of 4 KiB lines is 1 MiB)
 
 ENGINE_KEY = web.AppKey("engine", Engine)
 STREAMS_KEY = web.AppKey("streams", StreamSlots)
@@ -489,25 +491,31 @@ async def _send_log_pages(
     is read while the one before it is sent."""
     store = _engine(request).store
 
-    def read(seq: int, lines: int = _PAGE) -> asyncio.Future[tuple[bytes, int] | None]:
+    def read(seq: int, lines: int) -> asyncio.Future[LogPage | None]:
         return asyncio.ensure_future(
             store.read_logs_encoded(
                 run_id, seq, since_us, stream, lines, completion, form.framed, form.timestamps
             )
         )
 
-    reading = read(after, _FIRST_PAGE)
+    reading = read(after, _PAGE_LINES[0])
     try:
         while page := await reading:
-            lines, after = page
-            reading = read(after)
-            await request.app[STREAMS_KEY].write(request, response, lines)
+            after = page.last_seq
+            reading = read(after, next_page_lines(page))
+            await request.app[STREAMS_KEY].write(request, response, page.data)
     finally:  # the client left, or a read failed: the page read ahead is not wanted
         if not reading.done():
             reading.cancel()
         elif not reading.cancelled():
             reading.exception()  # retrieved, so that asyncio does not log it as lost
     return after
+
+
+def next_page_lines(page: LogPage) -> int:
+    """How many lines to read after `page`: about _PAGE_BYTES at its bytes per line."""
+    low, high = _PAGE_LINES
+    return max(low, min(high, _PAGE_BYTES * page.lines // max(len(page.data), 1)))
 
 
 async def _start_seq(

@@ -134,8 +134,8 @@ def _paths() -> dict[str, Any]:
         },
         "/v1/runs/{id}/logs": {
             "get": _op(
-                "Log records as NDJSON; with `Accept: " + LOG_FRAMES + "`, each line as the "
-                "CLI prints it, framed (docs/api.md)",
+                "Log records as NDJSON; with `Accept: " + LOG_FRAMES + "`, the lines as the "
+                "CLI prints them, in frames of one stream (docs/api.md)",
                 {
                     "description": "OK",
                     "content": {

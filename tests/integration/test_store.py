@@ -536,16 +536,15 @@ async def test_ndjson_pages_say_what_the_records_say(store: Store) -> None:
 
     page = await store.read_logs_encoded(run_id, 0, 0, None, 100)
     assert page is not None
-    data, last = page
-    text = data.decode()
-    assert text.endswith("\n") and last == 5
+    text = page.data.decode()
+    assert text.endswith("\n") and (page.last_seq, page.lines) == (5, 5)
     assert [json.loads(line) for line in text.split("\n")[:-1]] == [r.to_api() for r in records]
     assert [r.line for r in records] == _AWKWARD  # stored as given
 
     page = await store.read_logs_encoded(run_id, 1, 1_000_000, "stdout", 1, completion=3)
     assert page is not None
-    assert json.loads(page[0]) == {**records[3].to_api(), "completion": 3}
-    assert page[1] == 4
+    assert json.loads(page.data) == {**records[3].to_api(), "completion": 3}
+    assert (page.last_seq, page.lines) == (4, 1)
     assert await store.read_logs_encoded(run_id, 5, 0, None, 100) is None
 
 
@@ -560,14 +559,50 @@ async def test_log_frames_hold_each_line_as_the_cli_prints_it(store: Store) -> N
     records = [r.to_api() for r in await store.read_logs(run_id)]
     for timestamps, completion in ((False, None), (True, 3)):
         page = await store.read_logs_encoded(run_id, 0, 0, None, 100, completion, True, timestamps)
-        assert page is not None and page[1] == len(lines)
+        assert page is not None and page.last_seq == page.lines == len(lines)
         extra = {} if completion is None else {"completion": completion}
         expected = [(r["stream"], printable({**r, **extra}, timestamps)) for r in records]
-        assert frames(page[0]) == expected
+        assert frames(page.data) == expected  # no two lines in a row of one stream here
 
     page = await store.read_logs_encoded(run_id, 1, 1_000_007, "stderr", 1, framed=True)  # seq 2
-    assert page == (b"2%08x" % len(lines[1].encode() + b"\n") + lines[1].encode() + b"\n", 2)
+    line = lines[1].encode() + b"\n"
+    assert page == (b"2%08x" % len(line) + line, 2, 1)
     assert await store.read_logs_encoded(run_id, len(lines), 0, None, 100, framed=True) is None
+
+
+async def test_a_log_frame_holds_a_run_of_one_streams_lines(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run_id = await store.create_run(spec(), 1, Trigger.MANUAL, None)
+    streams = ["stdout", "stdout", "stderr", "stderr", "stderr", "system", "system", "stdout"]
+    texts = [f"line {i} \x00 é \n" for i in range(len(streams))]
+    rows = [
+        (run_id, i + 1, 2, stream, 1_000_000 * i, text)
+        for i, (stream, text) in enumerate(zip(streams, texts, strict=True))
+    ]
+    await store.append_logs(rows, {run_id: (1, False)})
+    records = [r.to_api() for r in await store.read_logs(run_id)]
+    for timestamps, completion in ((False, None), (True, 3)):
+        page = await store.read_logs_encoded(run_id, 0, 0, None, 100, completion, True, timestamps)
+        assert page is not None
+        extra = {} if completion is None else {"completion": completion}
+        printed = [printable({**r, **extra}, timestamps) for r in records]
+        assert frames(page.data) == [
+            ("stdout", b"".join(printed[0:2])),
+            ("stderr", b"".join(printed[2:5])),
+            ("system", b"".join(printed[5:7])),
+            ("stdout", printed[7]),
+        ]
+    # A frame's length has 8 hex digits: a run too long for them goes a line a frame.
+    monkeypatch.setattr(store_module, "_FRAME_MAX", len(printed[5]) * 2)  # two system lines
+    page = await store.read_logs_encoded(run_id, 0, 0, None, 100, 3, True, True)
+    assert page is not None
+    assert frames(page.data) == [
+        ("stdout", b"".join(printed[0:2])),
+        *(("stderr", line) for line in printed[2:5]),
+        ("system", b"".join(printed[5:7])),
+        ("stdout", printed[7]),
+    ]
 
 
 def frames(data: bytes) -> list[tuple[str, bytes]]:

@@ -9,9 +9,11 @@ import pytest
 from api_server import ApiServer
 from test_client import stream_runs
 
+from ringjobs.api.app import next_page_lines
 from ringjobs.client import Client, printable
 from ringjobs.mediatypes import LOG_FRAMES, NDJSON
 from ringjobs.models import JobSpec, Trigger
+from ringjobs.store.store import LogPage
 
 LINES = ["out 1", 'say "hi" \\n é', "err \x00 \x1b[31m", "capped"]
 STREAMS = ["stdout", "stdout", "stderr", "system"]
@@ -99,8 +101,9 @@ def test_log_frames_only_when_the_accept_header_names_them(
     if kind == NDJSON:
         assert body.count(b"\n") == len(LINES) and body.startswith(b'{"seq": 1,')
     else:
-        first = b"2023-11-14T22:13:20.000001Z out 1\n"
-        assert body.startswith(b"1%08x" % len(first) + first)
+        stdout = "2023-11-14T22:13:20.000001Z out 1\n2023-11-14T22:13:20.000002Z say"
+        stdout += ' "hi" \\n é\n'  # the two stdout lines in one frame
+        assert body.startswith(b"1%08x" % len(stdout.encode()) + stdout.encode())
 
 
 def test_errors_stay_problems_when_frames_are_asked_for(server: ApiServer) -> None:
@@ -108,3 +111,28 @@ def test_errors_stay_problems_when_frames_are_asked_for(server: ApiServer) -> No
     assert kind == "application/problem+json" and b"999" in body
     kind, body = get(server, f"/v1/runs/{server.run_id}/logs?tail=-1", LOG_FRAMES)  # type: ignore[attr-defined]
     assert kind == "application/problem+json" and b"tail" in body
+
+
+def test_log_pages_aim_at_a_mebibyte_within_bounds() -> None:
+    def after(lines: int, size: int) -> int:
+        return next_page_lines(LogPage(b"x" * size, 1, lines))
+
+    assert after(16, 16 * 4096) == 256  # 4 KiB lines: 1 MiB
+    assert after(16, 16 * 100) == 4096  # short lines: no more than 4096 a read
+    assert after(16, 16 * 2**20) == 16  # 1 MiB lines: no fewer than 16
+
+
+def test_a_long_log_of_short_and_long_lines_reads_whole_in_pages_of_any_size(
+    server: ApiServer,
+) -> None:
+    run_id = server.run_id  # type: ignore[attr-defined]
+    sizes = [10] * 9000 + [5000] * 400 + [10] * 9000  # pages of 4096 lines, then fewer
+    rows = [
+        (run_id, seq, 1, ("stdout", "stderr")[seq // 1000 % 2], seq, f"{seq} " + "y" * size)
+        for seq, size in enumerate(sizes, start=len(LINES) + 1)
+    ]
+    server.call(server.store.append_logs(rows, {run_id: (1, False)}))
+    client = Client(str(server.socket_path))
+    expected = [(r["stream"], printable(r, False)) for r in client.stream_logs(run_id)]
+    assert len(expected) == len(LINES) + len(sizes)
+    assert stream_runs(client.print_logs(run_id)) == stream_runs(expected)
