@@ -59,12 +59,13 @@ from ringjobs.store import Store
 
 NAMESPACE = "scale-bench"
 LINE = 4096  # bytes per line, newline included
+SHORT_LINE = 100  # the same, for the read of many short lines
 JOBS = 100
 
 
-def generator(size: int) -> list[str]:
-    """A busybox command writing `size` bytes of 4 KiB lines to stdout, fast."""
-    return ["sh", "-c", f"yes \"$(head -c {LINE - 1} /dev/zero | tr '\\0' x)\" | head -c {size}"]
+def generator(size: int, line: int = LINE) -> list[str]:
+    """A busybox command writing `size` bytes in lines of `line` bytes to stdout, fast."""
+    return ["sh", "-c", f"yes \"$(head -c {line - 1} /dev/zero | tr '\\0' x)\" | head -c {size}"]
 
 
 def status_kb(pid: int, key: str) -> int:
@@ -101,10 +102,10 @@ def header(title: str, *columns: str) -> None:
 # -- logs ---------------------------------------------------------------------------------
 
 
-def docker_generator(size: int) -> str:
+def docker_generator(size: int, line: int = LINE) -> str:
     """The id of a container started (`docker run -d`) to write `size` bytes."""
     label = f"io.ringjobs.namespace={NAMESPACE}-docker"
-    argv = ["docker", "run", "-d", "--label", label, IMAGE, *generator(size)]
+    argv = ["docker", "run", "-d", "--label", label, IMAGE, *generator(size, line)]
     return subprocess.run(argv, capture_output=True, text=True, check=True).stdout.strip()
 
 
@@ -123,10 +124,10 @@ def docker_drain(size: int) -> float:
     return elapsed
 
 
-def docker_reads(size: int, rounds: int) -> list[float]:
+def docker_reads(size: int, rounds: int, line: int = LINE) -> list[float]:
     """Seconds for `docker logs CONTAINER | wc -c` of a finished container that wrote
     `size` bytes: Docker reading its own log back, as `ringjobs logs RUN` does."""
-    cid = docker_generator(size)
+    cid = docker_generator(size, line)
     try:
         subprocess.run(["docker", "wait", cid], capture_output=True, check=True)
         times = []
@@ -151,9 +152,9 @@ def direct_read(path: Path) -> float:
     return path.stat().st_size / (time.perf_counter() - start) / 2**20
 
 
-def ringjobs_capture(daemon: Daemon, size: int) -> tuple[float, int]:
+def ringjobs_capture(daemon: Daemon, size: int, line: int = LINE) -> tuple[float, int]:
     start = time.perf_counter()
-    request = {"namespace": NAMESPACE, "image": IMAGE, "command": generator(size)}
+    request = {"namespace": NAMESPACE, "image": IMAGE, "command": generator(size, line)}
     run_id = int(daemon.client.exec_run(request)["id"])
     run = daemon.client.wait_until_terminal(run_id)
     elapsed = time.perf_counter() - start
@@ -207,7 +208,11 @@ def bench_logs(size: int, rounds: int, executable: str) -> None:
             tails = [first_line_and_total(daemon, [*cli, "--tail", "100"])[1] for _ in range(5)]
             api_tails = timed(lambda: drain(daemon.client.stream_logs(run_id, tail=100)), 50)
             disk = [direct_read(Path(tmp) / "rj.db") for _ in range(3)]
+            short_size = size // 10 // SHORT_LINE * SHORT_LINE  # whole lines
+            _, short_run = ringjobs_capture(daemon, short_size, SHORT_LINE)
+            shorts = [first_line_and_total(daemon, [RINGJOBS, "logs", str(short_run)])[1:]]
     docker_read = statistics.median(docker_reads(size, 3))
+    docker_short = docker_reads(short_size, 1, SHORT_LINE)[0]  # ~15 s for 100 MB here
     d, r = statistics.median(docker_times), statistics.median(rj_times)
     header(
         f"Log capture: {size / 2**20:.0f} MiB in 4 KiB lines, median of {rounds}",
@@ -239,6 +244,14 @@ def bench_logs(size: int, rounds: int, executable: str) -> None:
         f"{size / docker_read / 2**20:.0f} MiB/s",
         f"{docker_read / whole * total / size:.2f}x",
         "disk speed",
+    )
+    short_whole, short_total = shorts[0]
+    row(
+        f"the same for {short_size // SHORT_LINE:,} lines of {SHORT_LINE} bytes, once",
+        f"{short_total / short_whole / 2**20:.0f} MiB/s",
+        f"{short_size / docker_short / 2**20:.0f} MiB/s",
+        f"{docker_short / short_whole * short_total / short_size:.2f}x",
+        "",
     )
     row(
         "the disk: the database file read with O_DIRECT (`dd`), 3 times",
