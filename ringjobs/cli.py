@@ -8,6 +8,7 @@ the daemon by `ringjobs daemon`.
 from __future__ import annotations
 
 import argparse
+import codecs
 import functools
 import json
 import os
@@ -647,11 +648,14 @@ def cmd_logs(args: argparse.Namespace) -> int:
     _flush_both()  # nothing else is printed until the last line: no flush per line
     lines = client.print_logs(args.run, args.tail, args.since, args.stream, args.timestamps)
     previous = None
+    decoders = {
+        out: codecs.getincrementaldecoder("utf-8")("replace") for out in (sys.stdout, sys.stderr)
+    }
     for stream, data in lines:
         out = sys.stdout if stream == "stdout" else sys.stderr
         if previous is not None and out is not previous:
             _flush_both()  # in order when both go to one place (2>&1)
-        _write_bytes(out, data, text_flushed=True)
+        _write_bytes(out, data, text_flushed=True, decoder=decoders[out])
         previous = out
     _flush_both()
     return exitcodes.OK
@@ -1071,13 +1075,16 @@ def _write_log(
             buffer.flush()
 
 
-def _write_bytes(out: TextIO, data: bytes, text_flushed: bool) -> None:
+def _write_bytes(
+    out: TextIO, data: bytes, text_flushed: bool, decoder: codecs.IncrementalDecoder | None = None
+) -> None:
     """`text_flushed`: the caller flushed both streams and prints no text meanwhile, so
     the text layer holds nothing to keep in order with (a flush per line is a write
-    per line: 30% of `logs RUN`'s CPU)."""
+    per line: 30% of `logs RUN`'s CPU). `decoder`, for a stream that takes text only:
+    one for all of its pieces, which may cut a character in two."""
     buffer = getattr(out, "buffer", None)
     if buffer is None:
-        out.write(data.decode("utf-8", "replace"))
+        out.write(decoder.decode(data) if decoder else data.decode("utf-8", "replace"))
     else:
         if not text_flushed:
             out.flush()  # keep order with text already printed on this stream

@@ -114,11 +114,23 @@ _STREAM_CODES = {"system": 0, "stdout": 1, "stderr": 2}
 _STREAM_NAMES = {code: name for name, code in _STREAM_CODES.items()}
 _SYSTEM_MARK = b"[ringjobs] "  # before the daemon's own lines, as `ringjobs logs` prints them
 _FRAME_MAX = 0xFFFFFFFF  # a log frame's length: 8 hex digits
+_ROW_BATCH = 16  # rows read at once by a read bounded in bytes
 
 
-def _fetch_rows(sql: str, params: Any, conn: sqlite3.Connection) -> list[Any]:
+def _fetch_rows(
+    sql: str, params: Any, conn: sqlite3.Connection, max_bytes: int | None = None
+) -> list[Any]:
+    """The rows of `sql`; with `max_bytes`, the first rows whose last columns add up to
+    that many bytes (and a few more: they are read _ROW_BATCH at a time)."""
     with closing(conn.execute(sql, params)) as cursor:
-        return cursor.fetchall()
+        if max_bytes is None:
+            return cursor.fetchall()
+        rows: list[Any] = []
+        size = 0
+        while size < max_bytes and (batch := cursor.fetchmany(_ROW_BATCH)):
+            rows += batch
+            size += sum(len(row[-1]) for row in batch)
+        return rows
 
 
 def _log_frames(rows: Sequence[Any], completion: int | None, timestamps: bool) -> bytes:
@@ -838,17 +850,19 @@ class Store:
         completion: int | None = None,
         framed: bool = False,
         timestamps: bool = False,
+        max_bytes: int | None = None,
     ) -> LogPage | None:
         """read_logs as the API sends them; None when there are no more lines. NDJSON
         lines in UTF-8 (LogRecord.to_api, with `completion` if given), or log frames
-        (docs/api.md), with each line's time if `timestamps`."""
+        (docs/api.md), with each line's time if `timestamps`. With `max_bytes`, fewer
+        than `limit` lines once their bytes reach about that many."""
         params = _log_page_params(run_id, after, since_us, stream, limit)
         params |= {"completion": completion, "timestamps": timestamps}
         query = _q("read_logs_framed" if framed else "read_logs_ndjson")
 
         def page(conn: sqlite3.Connection) -> LogPage | None:
             # Built and joined on the reader's thread: the event loop only sends the page.
-            rows = _fetch_rows(query, params, conn)
+            rows = _fetch_rows(query, params, conn, max_bytes)
             if not rows:
                 return None
             if framed:

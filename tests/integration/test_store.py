@@ -570,6 +570,20 @@ async def test_log_frames_hold_each_line_as_the_cli_prints_it(store: Store) -> N
     assert await store.read_logs_encoded(run_id, len(lines), 0, None, 100, framed=True) is None
 
 
+@pytest.mark.parametrize("framed", [False, True])
+async def test_a_log_page_ends_once_its_lines_reach_max_bytes(store: Store, framed: bool) -> None:
+    run_id = await store.create_run(spec(), 1, Trigger.MANUAL, None)
+    sizes = [10] * 100 + [10_000] * 100  # short lines, then long ones
+    rows = [(run_id, i + 1, 1, "stdout", i, "x" * size) for i, size in enumerate(sizes)]
+    await store.append_logs(rows, {run_id: (1, False)})
+    page = await store.read_logs_encoded(run_id, 0, 0, None, 4096, framed=framed)
+    assert page is not None and page.lines == 200  # no bound: as many as asked for
+    page = await store.read_logs_encoded(run_id, 0, 0, None, 4096, None, framed, False, 100_000)
+    assert page is not None
+    assert 100 + 9 <= page.lines <= 100 + 9 + 16  # 100,000 bytes, then the rest of a batch
+    assert page.last_seq == page.lines and 90_000 < len(page.data) < 300_000
+
+
 async def test_a_log_frame_holds_a_run_of_one_streams_lines(
     store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -1320,9 +1334,9 @@ async def query_plans(store: Store, monkeypatch: pytest.MonkeyPatch, action: Any
     seen: list[tuple[str, Any]] = []
     real = store_module._fetch_rows  # every read goes through it, on a reader's thread
 
-    def recording(sql: str, params: Any, conn: sqlite3.Connection) -> Any:
+    def recording(sql: str, params: Any, conn: sqlite3.Connection, *rest: Any) -> Any:
         seen.append((sql, params))
-        return real(sql, params, conn)
+        return real(sql, params, conn, *rest)
 
     monkeypatch.setattr(store_module, "_fetch_rows", recording)
     await action()

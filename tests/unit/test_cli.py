@@ -435,6 +435,16 @@ def test_logs_keeps_the_order_of_its_streams_when_both_go_to_one_file(
     assert (tmp_path / "both").read_bytes() == b"".join(data for _, data in frames)
 
 
+def test_logs_to_a_text_only_stream_keeps_a_character_cut_between_pieces(
+    daemon: FakeDaemon, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pieces = [("stdout", b"caf\xc3"), ("stdout", b"\xa9 \xff\n")]  # as frames may arrive
+    monkeypatch.setattr(Client, "print_logs", lambda *_, **__: iter(pieces))
+    monkeypatch.setattr(sys, "stdout", io.StringIO())  # no .buffer: text only
+    assert ringjobs(daemon, "logs", "7") == 0
+    assert sys.stdout.getvalue() == "café \ufffd\n"
+
+
 def test_events_follow_prints_one_line_each(
     daemon: FakeDaemon, capsys: pytest.CaptureFixture[str], utc: None
 ) -> None:

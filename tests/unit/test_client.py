@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import http.server
 import json
 import os
@@ -28,6 +30,7 @@ from ringjobs.client import (
     ConnectionLost,
     DaemonUnreachable,
     Reconnector,
+    _Response,
     default_socket_path,
     resolve_socket_path,
 )
@@ -401,20 +404,43 @@ def test_print_logs_prints_ndjson_records_the_same_way(fake: FakeDaemon) -> None
 
 
 @pytest.mark.parametrize(
-    ("body", "error", "message"),
+    ("body", "error", "message", "printed"),
     [
-        (framed(1, b"one\n") + b"7000000", ConnectionLost, "cut short"),
-        (framed(1, b"one\n")[:-1], ConnectionLost, "cut short"),
-        (b"900000004two\n", ClientError, "invalid log frame"),
-        (b"10000000Xtwo\n", ClientError, "invalid log frame"),
+        (framed(1, b"one\n") + b"7000000", ConnectionLost, "cut short", b"one\n"),
+        (framed(1, b"one\n")[:-1], ConnectionLost, "cut short", b"one"),
+        (b"900000004two\n", ClientError, "invalid log frame", b""),
+        (b"10000000Xtwo\n", ClientError, "invalid log frame", b""),
     ],
 )
 def test_print_logs_refuses_broken_frames(
-    fake: FakeDaemon, body: bytes, error: type[Exception], message: str
+    fake: FakeDaemon, body: bytes, error: type[Exception], message: str, printed: bytes
 ) -> None:
     fake.route("GET", "/v1/runs/7/logs", Answer(raw=body, content_type=LOG_FRAMES))
+    read = b""
     with pytest.raises(error, match=message):
-        list(Client(fake.socket_path).print_logs(7))
+        for _, data in Client(fake.socket_path).print_logs(7):
+            read += data
+    assert read == printed  # handed out as it came: a line cut short is printed cut short
+
+
+@pytest.mark.parametrize("size", [1, 5, 9, 10])
+def test_log_frames_are_read_whatever_pieces_they_come_in(
+    monkeypatch: pytest.MonkeyPatch, size: int
+) -> None:
+    frames = [(1, b"one\n"), (2, b""), (0, b"[ringjobs] x\n"), (1, b"two\n\xc3"), (1, b"\xa9\n")]
+    body = b"".join(framed(stream, data) for stream, data in frames)
+    expected = [("stdout", b"one\n"), ("system", b"[ringjobs] x\n"), ("stdout", b"two\n\xc3\xa9\n")]
+    for tail, cut in ((b"", False), (b"1000", True), (framed(2, b"e\n")[:-1], True)):
+        data = body + tail
+        pieces = iter([data[at : at + size] for at in range(0, len(data), size)])
+        response = object.__new__(_Response)  # its parser alone, fed `size` bytes at a time
+        response._path = "/run/ringjobs.sock"
+        feed = functools.partial(next, pieces, b"")
+        monkeypatch.setattr(response, "_piece", feed, raising=False)
+        read: list[tuple[str, bytes]] = []
+        with pytest.raises(ConnectionLost, match="cut short") if cut else contextlib.nullcontext():
+            read.extend(response.frames())
+        assert stream_runs(read) == expected + ([("stderr", b"e")] if tail[:1] == b"2" else [])
 
 
 def test_stream_error_raises_api_error(fake: FakeDaemon) -> None:
