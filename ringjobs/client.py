@@ -390,8 +390,8 @@ class Client:
         order, of one line, several, or part of one.
 
         Asks for log frames: the daemon builds the lines and nothing is escaped or
-        parsed (NDJSON came at a third of the speed, on a 2-core host). A daemon that answers
-        NDJSON instead has its records printed the same way.
+        parsed (NDJSON came at a third of the speed, on a 2-core host). A daemon that
+        answers NDJSON instead has its records printed the same way.
         """
         query = {"tail": tail, "since": since, "stream": stream, "timestamps": timestamps}
         path = f"/v1/runs/{int(run_id)}/logs"

@@ -866,8 +866,10 @@ class Store:
             if not rows:
                 return None
             if framed:
-                return LogPage(_log_frames(rows, completion, timestamps), rows[-1][0], len(rows))
-            return LogPage(b"".join([row[1] for row in rows]), rows[-1][0], len(rows))
+                data = _log_frames(rows, completion, timestamps)
+            else:
+                data = b"".join([row[1] for row in rows])
+            return LogPage(data, rows[-1][0], len(rows))
 
         return await self._read(page)
 
