@@ -152,6 +152,24 @@ def direct_read(path: Path) -> float:
     return path.stat().st_size / (time.perf_counter() - start) / 2**20
 
 
+def sqlite_read(path: Path, run_id: int) -> float:
+    """MiB/s of SQLite alone handing a run's lines over in order, to Python: what the store
+    can give `logs RUN` at most (nothing framed, nothing sent). Read-only, beside the
+    daemon's own connections (WAL)."""
+    query = "SELECT CAST(line AS BLOB) FROM log_lines WHERE run_id = ? ORDER BY seq"
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        start = time.perf_counter()
+        cursor = conn.execute(query, (run_id,))
+        size = 0
+        while rows := cursor.fetchmany(256):
+            size += sum(len(line) for (line,) in rows)
+        took = time.perf_counter() - start
+    finally:
+        conn.close()
+    return size / took / 2**20
+
+
 def ringjobs_capture(daemon: Daemon, size: int, line: int = LINE) -> tuple[float, int]:
     start = time.perf_counter()
     request = {"namespace": NAMESPACE, "image": IMAGE, "command": generator(size, line)}
@@ -208,6 +226,7 @@ def bench_logs(size: int, rounds: int, executable: str) -> None:
             tails = [first_line_and_total(daemon, [*cli, "--tail", "100"])[1] for _ in range(5)]
             api_tails = timed(lambda: drain(daemon.client.stream_logs(run_id, tail=100)), 50)
             disk = [direct_read(Path(tmp) / "rj.db") for _ in range(3)]
+            store = statistics.median(sqlite_read(Path(tmp) / "rj.db", run_id) for _ in range(3))
             short_size = size // 10 // SHORT_LINE * SHORT_LINE  # whole lines
             _, short_run = ringjobs_capture(daemon, short_size, SHORT_LINE)
             shorts = [first_line_and_total(daemon, [RINGJOBS, "logs", str(short_run)])[1:]]
@@ -251,6 +270,13 @@ def bench_logs(size: int, rounds: int, executable: str) -> None:
         f"{short_total / short_whole / 2**20:.0f} MiB/s",
         f"{short_size / docker_short / 2**20:.0f} MiB/s",
         f"{docker_short / short_whole * short_total / short_size:.2f}x",
+        "",
+    )
+    row(
+        "SQLite alone: the run's lines fetched in Python, nothing sent, median of 3",
+        f"{store:.0f} MiB/s",
+        "",
+        f"{total / whole / 2**20 / store:.2f}x",
         "",
     )
     row(
