@@ -32,6 +32,10 @@ WAIT_SLICE = 30
 RETRY_FOR = 60.0
 BUSY_PAUSE = 2.0  # after a 429 (every stream/wait slot taken): ask again this much later
 _HEX = frozenset(b"0123456789abcdef")
+# The most of a body read at once. A daemon sends 1 MiB chunks; read whole, each was a
+# fresh 1 MiB that glibc took from the kernel and gave back: 0.3 s of system time per
+# 256 MiB of `logs RUN`, more than the CLI's own work.
+_PIECE = 65536
 
 
 def default_socket_path() -> str:
@@ -161,6 +165,8 @@ class _Response:
         length = self.headers.get("content-length")
         self._chunked = "chunked" in self.headers.get("transfer-encoding", "").lower()
         self._remaining = None if self._chunked or length is None else int(length)
+        self._chunk_left = 0  # bytes of the current chunk still to read
+        self._chunk_read = False  # whether a chunk's bytes came (then its CRLF is due)
         self._buffer = bytearray()  # body bytes read but not yet returned, from _at on
         self._at = 0
         self._done = False
@@ -191,10 +197,10 @@ class _Response:
         if self._chunked:
             return self._chunk()
         if self._remaining is None:
-            data = self._file.read1(65536)
+            data = self._file.read1(_PIECE)
             self._done = not data
             return data
-        data = self._file.read1(min(self._remaining, 65536)) if self._remaining else b""
+        data = self._file.read1(min(self._remaining, _PIECE)) if self._remaining else b""
         if self._remaining and not data:
             raise ConnectionLost(self._path, "the answer was cut short")
         self._remaining -= len(data)
@@ -202,16 +208,23 @@ class _Response:
         return data
 
     def _chunk(self) -> bytes:
-        size = int(self._line().split(b";")[0], 16)
-        if size == 0:
-            while self._line() not in (b"\r\n", b"\n"):
-                pass  # trailers: none expected, skipped
-            self._done = True
-            return b""
-        data = self._file.read(size)
-        if len(data) < size:
+        """The next piece of the current chunk, or of the next one; b"" at the end."""
+        if not self._chunk_left:
+            if self._chunk_read:
+                self._line()  # the CRLF after the bytes of the chunk before
+            size = int(self._line().split(b";")[0], 16)
+            if size == 0:
+                while self._line() not in (b"\r\n", b"\n"):
+                    pass  # trailers: none expected, skipped
+                self._done = True
+                return b""
+            self._chunk_left = size
+        want = min(self._chunk_left, _PIECE)
+        data = self._file.read(want)
+        if len(data) < want:
             raise ConnectionLost(self._path, "the answer was cut short")
-        self._line()
+        self._chunk_left -= want
+        self._chunk_read = True
         return data
 
     def readline(self) -> bytes:

@@ -15,6 +15,7 @@ import os
 import socket
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -210,6 +211,13 @@ class StreamSlots:
         self.limit = config.limits.max_log_streams
         self.write_timeout = config.limits.stream_write_timeout_seconds
         self.open = 0
+        # A log stream's pages are read and sent on one of these (ringjobs.api.logpump).
+        # Started as needed, at most one a slot: a stream never waits for a thread.
+        self.threads = ThreadPoolExecutor(self.limit, thread_name_prefix="log-stream")
+
+    def close(self) -> None:
+        """No more streams: the threads end with the pages they are sending."""
+        self.threads.shutdown(wait=False, cancel_futures=True)
 
     @asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:
@@ -229,7 +237,7 @@ class StreamSlots:
         """Write, or drop the connection of a client that has not read for write_timeout.
 
         A piece at a time: the socket takes a piece whole, copied once. What it did not
-        take of a 1 MiB page was copied twice more, into Python 3.11's transport buffer.
+        take of a 1 MiB write was copied twice more, into Python 3.11's transport buffer.
         """
         view = memoryview(data)
         try:

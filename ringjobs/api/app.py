@@ -6,8 +6,9 @@ import asyncio
 import contextlib
 import json
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any, NamedTuple
 
 from aiohttp import web
@@ -21,6 +22,7 @@ from ringjobs.api.access import (
     caller_of,
     timeout_middleware,
 )
+from ringjobs.api.logpump import LogPump, log_pump
 from ringjobs.api.metrics import metrics_handler
 from ringjobs.api.openapi import openapi_document
 from ringjobs.api.problems import problem_middleware
@@ -34,20 +36,13 @@ from ringjobs.mediatypes import LOG_FRAMES, NDJSON
 from ringjobs.models import JobSpec, Run, RunStatus, parse_time, utcnow
 from ringjobs.store import StoredJob
 from ringjobs.store.schedules import ScheduleStore
-from ringjobs.store.store import ApplyOutcome, LogPage, RequestAudit
+from ringjobs.store.store import ApplyOutcome, LogPage, LogPageReader, RequestAudit
 from ringjobs.units import UnitError, parse_duration
 
 _MAX_ID_DIGITS = 18  # fits SQLite's 64-bit integers
 _MAX_INT = 2**63 - 1
 _WAIT_DEFAULT, _WAIT_MAX = 30.0, 300.0
 _FOLLOW_POLL = 1.0
-# A page of log lines: as many as make _PAGE_BYTES at the bytes per line of the page
-# before, _PAGE_LINES at least and at most, and it ends once its lines reach _PAGE_BYTES
-# (short lines, then long ones). The first page is the smallest: its lines out sooner.
-# A stream holds two pages (one sent, the next read meanwhile). Pages of 256 lines came
-# at 24 MiB/s for 100-byte lines.
-_PAGE_BYTES = 1 << 20
-_PAGE_LINES = (16, 4096)  # 4096 lines of 100 bytes: about 6 ms of the reader's thread
 _STREAM_SOCKET_BUFFER = 1 << 20  # bytes; see _stream
 
 ENGINE_KEY = web.AppKey("engine", Engine)
@@ -64,6 +59,7 @@ def create_app(engine: Engine) -> web.Application:
     app = web.Application(middlewares=middlewares, client_max_size=config.limits.max_request_size)
     app[ENGINE_KEY] = engine
     app[STREAMS_KEY] = StreamSlots(config)
+    app.on_cleanup.append(_close_streams)
     routes = [
         web.get("/v1/health", health),
         web.get("/v1/openapi.json", openapi),
@@ -92,6 +88,10 @@ def create_app(engine: Engine) -> web.Application:
     ]
     app.add_routes(routes)
     return app
+
+
+async def _close_streams(app: web.Application) -> None:
+    app[STREAMS_KEY].close()
 
 
 def _engine(request: web.Request) -> Engine:
@@ -405,11 +405,13 @@ async def run_logs(request: web.Request) -> web.StreamResponse:
     tail = _int_param(query.get("tail"), "tail", None, 0, 1_000_000)
     framed = _quality(request, LOG_FRAMES) > max(_quality(request, NDJSON), 0.0)
     form = _LogForm(framed, framed and _flag(query.get("timestamps")))
-    async with request.app[STREAMS_KEY].slot():
+    slots = request.app[STREAMS_KEY]
+    async with slots.slot():
         response = await _stream(request, LOG_FRAMES if framed else NDJSON)
         with contextlib.suppress(StreamAborted):
-            await _follow_logs(request, response, run, tail, since_us, stream, form)
-            await response.write_eof()
+            async with log_pump(request, engine.store, slots.threads, slots.write_timeout) as pump:
+                await _follow_logs(request, pump, run, tail, since_us, stream, form)
+            await _end_stream(response)
         return response
 
 
@@ -443,7 +445,7 @@ def _quality(request: web.Request, media_type: str) -> float:
 
 async def _follow_logs(
     request: web.Request,
-    response: web.StreamResponse,
+    pump: LogPump,
     run: Run,
     tail: int | None,
     since_us: int,
@@ -469,62 +471,26 @@ async def _follow_logs(
                     engine, source.id, tail if first else None, since_us, stream
                 )
             completion = source.completion_index if run.fans_out else None
-            after[source.id] = await _send_log_pages(
-                request, response, source.id, after[source.id], since_us, stream, completion, form
-            )
+            start = after[source.id]
+            pages = partial(_log_pages, source.id, start, since_us, stream, completion, form)
+            after[source.id] = await pump.send(pages, start)
         first = False
         if not follow or current.status.is_terminal:
             return
         await engine.notifier.wait(token, _FOLLOW_POLL)
 
 
-async def _send_log_pages(
-    request: web.Request,
-    response: web.StreamResponse,
+def _log_pages(
     run_id: int,
     after: int,
     since_us: int,
     stream: str | None,
     completion: int | None,
     form: _LogForm,
-) -> int:
-    """Send a run's stored lines after seq `after`; returns the last seq sent. Each page
-    is read while the one before it is sent."""
-    store = _engine(request).store
-
-    def read(seq: int, lines: int) -> asyncio.Future[LogPage | None]:
-        return asyncio.ensure_future(
-            store.read_logs_encoded(
-                run_id,
-                seq,
-                since_us,
-                stream,
-                lines,
-                completion,
-                form.framed,
-                form.timestamps,
-                _PAGE_BYTES,
-            )
-        )
-
-    reading = read(after, _PAGE_LINES[0])
-    try:
-        while page := await reading:
-            after = page.last_seq
-            reading = read(after, next_page_lines(page))
-            await request.app[STREAMS_KEY].write(request, response, page.data)
-    finally:  # the client left, or a read failed: the page read ahead is not wanted
-        if not reading.done():
-            reading.cancel()
-        elif not reading.cancelled():
-            reading.exception()  # retrieved, so that asyncio does not log it as lost
-    return after
-
-
-def next_page_lines(page: LogPage) -> int:
-    """How many lines to read after `page`: about _PAGE_BYTES at its bytes per line."""
-    low, high = _PAGE_LINES
-    return max(low, min(high, _PAGE_BYTES * page.lines // max(len(page.data), 1)))
+    reader: LogPageReader,
+) -> Iterator[LogPage]:
+    """A run's stored lines after seq `after`, as `form` says (read on the pump's thread)."""
+    return reader.pages(run_id, after, since_us, stream, completion, form.framed, form.timestamps)
 
 
 async def _start_seq(
@@ -554,7 +520,7 @@ async def run_events(request: web.Request) -> web.StreamResponse:
                 if not follow or (current.status.is_terminal and not events):
                     break
                 await engine.notifier.wait(token, _FOLLOW_POLL)
-            await response.write_eof()
+            await _end_stream(response)
         return response
 
 
@@ -795,6 +761,12 @@ async def _stream(request: web.Request, content_type: str) -> web.StreamResponse
     response.enable_chunked_encoding()
     await response.prepare(request)
     return response
+
+
+async def _end_stream(response: web.StreamResponse) -> None:
+    """The last chunk. A client that left meanwhile (`| head`, Ctrl-C) is no error."""
+    with contextlib.suppress(ConnectionError):
+        await response.write_eof()
 
 
 async def _write_lines(

@@ -78,9 +78,18 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
         if "Allow" in exc.headers:  # 405 says which methods exist
             answer.headers["Allow"] = exc.headers["Allow"]
         return answer
-    except Exception:
+    except Exception as exc:
+        if isinstance(exc, ConnectionError) and _client_left(request):
+            # It asked, then hung up (Ctrl-C, `| head`) before its answer was out: no
+            # fault here, and nobody to answer (aiohttp drops this one quietly).
+            log.info("client_left", path=request.path, method=request.method)
+            return web.Response(status=499, reason="Client Closed Request")
         log.exception("request_failed", path=request.path, method=request.method)
         return problem(500, "internal error; the daemon's log has the details", "internal")
+
+
+def _client_left(request: web.Request) -> bool:
+    return request.transport is None or request.transport.is_closing()
 
 
 def _code(status: int) -> str:

@@ -22,7 +22,7 @@ from ringjobs.mediatypes import FRAME_STREAMS
 from ringjobs.models import JobSpec, NamespaceSpec, RunStatus, Trigger, utcnow
 from ringjobs.store import Store
 from ringjobs.store.queries import migrations, queries, schema
-from ringjobs.store.store import PruneCandidates, RequestAudit
+from ringjobs.store.store import LogPage, PruneCandidates, RequestAudit
 
 SQL_DIR = Path(store_module.__file__).parent / "sql"
 
@@ -524,6 +524,15 @@ _AWKWARD = [
 ]
 
 
+def encoded_page(store: Store, *args: Any, **kwargs: Any) -> LogPage | None:
+    """A page as the API sends it, through a stream's own reader (on this thread)."""
+    reader = store.page_reader()
+    try:
+        return reader.page(*args, **kwargs)
+    finally:
+        reader.close()
+
+
 async def test_ndjson_pages_say_what_the_records_say(store: Store) -> None:
     run_id = await store.create_run(spec(), 1, Trigger.MANUAL, None)
     times = [0, 999_999, 1_000_000, 1_764_600_000_123_456, 253_402_300_799_999_999]  # to 9999
@@ -534,18 +543,18 @@ async def test_ndjson_pages_say_what_the_records_say(store: Store) -> None:
     await store.append_logs(rows, {run_id: (1, False)})
     records = await store.read_logs(run_id)
 
-    page = await store.read_logs_encoded(run_id, 0, 0, None, 100)
+    page = encoded_page(store, run_id, 0, 0, None, 100)
     assert page is not None
     text = page.data.decode()
     assert text.endswith("\n") and (page.last_seq, page.lines) == (5, 5)
     assert [json.loads(line) for line in text.split("\n")[:-1]] == [r.to_api() for r in records]
     assert [r.line for r in records] == _AWKWARD  # stored as given
 
-    page = await store.read_logs_encoded(run_id, 1, 1_000_000, "stdout", 1, completion=3)
+    page = encoded_page(store, run_id, 1, 1_000_000, "stdout", 1, completion=3)
     assert page is not None
     assert json.loads(page.data) == {**records[3].to_api(), "completion": 3}
     assert (page.last_seq, page.lines) == (4, 1)
-    assert await store.read_logs_encoded(run_id, 5, 0, None, 100) is None
+    assert encoded_page(store, run_id, 5, 0, None, 100) is None
 
 
 async def test_log_frames_hold_each_line_as_the_cli_prints_it(store: Store) -> None:
@@ -558,16 +567,16 @@ async def test_log_frames_hold_each_line_as_the_cli_prints_it(store: Store) -> N
     await store.append_logs(rows, {run_id: (1, False)})
     records = [r.to_api() for r in await store.read_logs(run_id)]
     for timestamps, completion in ((False, None), (True, 3)):
-        page = await store.read_logs_encoded(run_id, 0, 0, None, 100, completion, True, timestamps)
+        page = encoded_page(store, run_id, 0, 0, None, 100, completion, True, timestamps)
         assert page is not None and page.last_seq == page.lines == len(lines)
         extra = {} if completion is None else {"completion": completion}
         expected = [(r["stream"], printable({**r, **extra}, timestamps)) for r in records]
         assert frames(page.data) == expected  # no two lines in a row of one stream here
 
-    page = await store.read_logs_encoded(run_id, 1, 1_000_007, "stderr", 1, framed=True)  # seq 2
+    page = encoded_page(store, run_id, 1, 1_000_007, "stderr", 1, framed=True)  # seq 2
     line = lines[1].encode() + b"\n"
     assert page == (b"2%08x" % len(line) + line, 2, 1)
-    assert await store.read_logs_encoded(run_id, len(lines), 0, None, 100, framed=True) is None
+    assert encoded_page(store, run_id, len(lines), 0, None, 100, framed=True) is None
 
 
 @pytest.mark.parametrize("framed", [False, True])
@@ -576,9 +585,9 @@ async def test_a_log_page_ends_once_its_lines_reach_max_bytes(store: Store, fram
     sizes = [10] * 100 + [10_000] * 100  # short lines, then long ones
     rows = [(run_id, i + 1, 1, "stdout", i, "x" * size) for i, size in enumerate(sizes)]
     await store.append_logs(rows, {run_id: (1, False)})
-    page = await store.read_logs_encoded(run_id, 0, 0, None, 4096, framed=framed)
+    page = encoded_page(store, run_id, 0, 0, None, 4096, framed=framed)
     assert page is not None and page.lines == 200  # no bound: as many as asked for
-    page = await store.read_logs_encoded(run_id, 0, 0, None, 4096, None, framed, False, 100_000)
+    page = encoded_page(store, run_id, 0, 0, None, 4096, None, framed, False, 100_000)
     assert page is not None
     assert 100 + 9 <= page.lines <= 100 + 9 + 16  # 100,000 bytes, then the rest of a batch
     assert page.last_seq == page.lines and 90_000 < len(page.data) < 300_000
@@ -597,7 +606,7 @@ async def test_a_log_frame_holds_a_run_of_one_streams_lines(
     await store.append_logs(rows, {run_id: (1, False)})
     records = [r.to_api() for r in await store.read_logs(run_id)]
     for timestamps, completion in ((False, None), (True, 3)):
-        page = await store.read_logs_encoded(run_id, 0, 0, None, 100, completion, True, timestamps)
+        page = encoded_page(store, run_id, 0, 0, None, 100, completion, True, timestamps)
         assert page is not None
         extra = {} if completion is None else {"completion": completion}
         printed = [printable({**r, **extra}, timestamps) for r in records]
@@ -609,7 +618,7 @@ async def test_a_log_frame_holds_a_run_of_one_streams_lines(
         ]
     # A frame's length has 8 hex digits: a run too long for them goes a line a frame.
     monkeypatch.setattr(store_module, "_FRAME_MAX", len(printed[5]) * 2)  # two system lines
-    page = await store.read_logs_encoded(run_id, 0, 0, None, 100, 3, True, True)
+    page = encoded_page(store, run_id, 0, 0, None, 100, 3, True, True)
     assert page is not None
     assert frames(page.data) == [
         ("stdout", b"".join(printed[0:2])),
@@ -1372,8 +1381,8 @@ async def test_log_reads_use_the_log_index(store: Store, monkeypatch: pytest.Mon
 
     async def action() -> None:
         await store.read_logs(run_id, after=3)
-        await store.read_logs_encoded(run_id, 3, 0, "stdout", 256)
-        await store.read_logs_encoded(run_id, 3, 0, "stdout", 256, framed=True)
+        encoded_page(store, run_id, 3, 0, "stdout", 256)
+        encoded_page(store, run_id, 3, 0, "stdout", 256, framed=True)
         await store.tail_logs(run_id, 10)
         await store.last_log_seq(run_id)
 

@@ -255,7 +255,7 @@ def test_streams_are_capped_and_a_client_that_stops_reading_is_dropped(short_tmp
 
 
 def test_a_log_of_several_pages_comes_whole_and_in_order(short_tmp: Path) -> None:
-    """Pages are read ahead while the one before is sent: none is lost or repeated."""
+    """Pages come one after another, from the stream's thread: none is lost or repeated."""
     with ApiServer(short_tmp) as server:
         _, _, applied = call(server, "POST", "/v1/apply", APPLY)
         run_id = applied["jobs"][0]["run_id"]

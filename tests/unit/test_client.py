@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 
 from ringjobs.client import (
+    _PIECE,
     BUSY_PAUSE,
     ApiError,
     Client,
@@ -509,3 +510,42 @@ def test_reconnector_does_not_retry_real_errors() -> None:
     reconnector = Reconnector(sleep=lambda _: None)
     assert not reconnector.pause(ApiError(404, {"title": "not found"}))
     assert reconnector.pause(ApiError(503, {"title": "database unavailable"}))
+
+
+def chunked_response(body: bytes) -> _Response:
+    """A chunked answer with `body` after its headers, read from a real socket."""
+    ours, theirs = socket.socketpair()
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\n"
+    head += b"Transfer-Encoding: chunked\r\n\r\n"
+
+    def write() -> None:
+        with theirs:
+            theirs.sendall(head + body)
+
+    threading.Thread(target=write, daemon=True).start()
+    return _Response(ours, "/run/ringjobs.sock")
+
+
+def test_large_chunks_are_read_a_piece_at_a_time() -> None:
+    # A daemon sends 1 MiB chunks: read whole, each was a fresh 1 MiB allocation.
+    chunks = [bytes([65 + n]) * size for n, size in enumerate([300_000, 1, 65_536, 70_000])]
+    body = b"".join(b"%x\r\n%s\r\n" % (len(chunk), chunk) for chunk in chunks) + b"0\r\n\r\n"
+    response = chunked_response(body)
+    pieces = []
+    while piece := response._piece():
+        pieces.append(piece)
+    response.close()
+    assert b"".join(pieces) == b"".join(chunks)
+    assert max(map(len, pieces)) == 65_536 and len(pieces) == 5 + 1 + 1 + 2
+
+
+@pytest.mark.parametrize("cut", [10, 200_000, 300_000 + 1])
+def test_a_chunk_cut_short_is_connection_lost(cut: int) -> None:
+    body = (b"%x\r\n" % 300_000 + b"x" * 300_000 + b"\r\n0\r\n\r\n")[: len(b"493e0\r\n") + cut]
+    response = chunked_response(body)
+    read = b""
+    with pytest.raises(ConnectionLost, match=r"cut short|closed the connection"):
+        while piece := response._piece():
+            read += piece
+    response.close()
+    assert read == b"x" * (cut // _PIECE * _PIECE if cut < 300_000 else 300_000)

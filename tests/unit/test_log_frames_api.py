@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import socket
+import time
 from pathlib import Path
 
 import pytest
 from api_server import ApiServer
 from test_client import stream_runs
 
-from ringjobs.api.app import next_page_lines
 from ringjobs.client import Client, printable
 from ringjobs.mediatypes import LOG_FRAMES, NDJSON
 from ringjobs.models import JobSpec, Trigger
-from ringjobs.store.store import LogPage
+from ringjobs.store.store import LogPage, next_page_lines
 
 LINES = ["out 1", 'say "hi" \\n é', "err \x00 \x1b[31m", "capped"]
 STREAMS = ["stdout", "stdout", "stderr", "system"]
@@ -136,3 +138,42 @@ def test_a_long_log_of_short_and_long_lines_reads_whole_in_pages_of_any_size(
     expected = [(r["stream"], printable(r, False)) for r in client.stream_logs(run_id)]
     assert len(expected) == len(LINES) + len(sizes)
     assert stream_runs(client.print_logs(run_id)) == stream_runs(expected)
+
+
+def open_files() -> list[str]:
+    """What this process (the daemon's app runs in it) has open, by path."""
+    names = []
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(FileNotFoundError):  # the listing's own, gone already
+            names.append(os.readlink(f"/proc/self/fd/{fd}"))
+    return sorted(names)
+
+
+def test_a_stream_lets_go_of_its_socket_and_database_connection(server: ApiServer) -> None:
+    # Each stream reads with a connection of its own and writes to a duplicate of its
+    # client's socket, on a thread of its own: both closed once it ends (a stream cut
+    # short: tests/unit/test_logpump.py).
+    run_id = server.run_id  # type: ignore[attr-defined]
+    client = Client(str(server.socket_path))
+    list(client.print_logs(run_id))  # the first stream starts the pool's thread
+    before = settled_files()
+    assert str(server.store.path) in before  # the store's own connections
+    for _ in range(5):
+        first = ("stdout", f"{LINES[0]}\n{LINES[1]}\n".encode())
+        assert stream_runs(client.print_logs(run_id))[0] == first
+        assert len(list(client.stream_logs(run_id))) == len(LINES)
+    deadline = time.monotonic() + 10
+    while open_files() != before and time.monotonic() < deadline:
+        time.sleep(0.05)  # the connections' ends are asynchronous
+    assert open_files() == before
+
+
+def settled_files() -> list[str]:
+    """open_files once they stay the same for a moment."""
+    files, deadline = open_files(), time.monotonic() + 10
+    while time.monotonic() < deadline:
+        time.sleep(0.2)
+        if (now := open_files()) == files:
+            break
+        files = now
+    return files

@@ -1,0 +1,120 @@
+"""LogPump: a log stream's pages sent as HTTP chunks from a thread, on real sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+
+from ringjobs.api.access import StreamAborted
+from ringjobs.api.logpump import LogPump
+from ringjobs.store.store import LogPage
+
+
+class Transport:
+    """What LogPump asks of the event loop's transport: to drop the connection."""
+
+    def __init__(self) -> None:
+        self.aborted = False
+
+    def abort(self) -> None:
+        self.aborted = True
+
+
+class Reader:
+    """Stands in for LogPageReader: the pump only hands it to `pages` and closes it."""
+
+    def __init__(self) -> None:
+        self.closed = threading.Event()
+
+    def close(self) -> None:
+        self.closed.set()
+
+
+def pump_pair(timeout: float = 10.0) -> tuple[LogPump, socket.socket, Transport, Reader]:
+    ours, client = socket.socketpair()
+    ours.settimeout(timeout)
+    transport, reader = Transport(), Reader()
+    threads = ThreadPoolExecutor(1)
+    pump = LogPump(threads, transport, ours, reader)  # type: ignore[arg-type]
+    return pump, client, transport, reader
+
+
+def pages(*sizes: int, first_seq: int = 1) -> Any:
+    def read(reader: Reader) -> Iterator[LogPage]:
+        for index, size in enumerate(sizes):
+            yield LogPage(bytes([65 + index]) * size, first_seq + index, 1)
+
+    return read
+
+
+def dechunk(data: bytes) -> list[bytes]:
+    chunks = []
+    while data:
+        size_line, _, data = data.partition(b"\r\n")
+        size = int(size_line, 16)
+        chunks.append(data[:size])
+        assert data[size : size + 2] == b"\r\n"
+        data = data[size + 2 :]
+    return chunks
+
+
+def read_all(client: socket.socket) -> bytes:
+    received = b""
+    while chunk := client.recv(1 << 20):
+        received += chunk
+    return received
+
+
+async def test_pages_go_out_as_chunks_in_order_and_the_last_seq_comes_back() -> None:
+    pump, client, transport, reader = pump_pair()
+    reading = asyncio.get_running_loop().run_in_executor(None, read_all, client)
+    assert await pump.send(pages(3, 300_000, 1, first_seq=5), 4) == 7
+    assert await pump.send(pages(), 7) == 7  # nothing new: the seq it was given
+    pump.close()  # the socket with it: the reader sees the end
+    received = await reading
+    client.close()
+    assert dechunk(received) == [b"A" * 3, b"B" * 300_000, b"C"]
+    assert reader.closed.is_set() and not transport.aborted
+
+
+async def test_a_client_that_does_not_read_is_dropped_after_the_write_timeout() -> None:
+    pump, client, transport, reader = pump_pair(timeout=0.3)
+    start = time.monotonic()
+    with pytest.raises(StreamAborted):
+        await pump.send(pages(64 << 20), 0)  # more than any socket buffer holds
+    assert 0.25 < time.monotonic() - start < 5
+    assert transport.aborted
+    pump.close()
+    assert reader.closed.wait(5)
+    client.close()
+
+
+async def test_a_client_that_went_away_ends_the_stream() -> None:
+    pump, client, transport, reader = pump_pair()
+    client.close()
+    with pytest.raises(StreamAborted):
+        await pump.send(pages(10, 10), 0)
+    assert transport.aborted
+    pump.close()
+    assert reader.closed.wait(5)
+
+
+async def test_a_cancelled_stream_stops_its_thread_and_closes_what_it_used() -> None:
+    pump, client, _, reader = pump_pair()
+    sending = asyncio.ensure_future(pump.send(pages(*[1 << 20] * 64), 0))  # never read
+    await asyncio.sleep(0.3)
+    assert not sending.done()  # the thread is stuck in a write
+    sending.cancel()
+    pump.close()  # what the handler does when the daemon stops
+    assert reader.closed.wait(5)  # the thread's write failed at once, then it let go
+    assert pump._outlet.fileno() == -1
+    with pytest.raises(asyncio.CancelledError):
+        await sending
+    client.close()
