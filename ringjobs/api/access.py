@@ -197,7 +197,9 @@ def timeout_middleware(config: Config) -> Any:
     return middleware
 
 
-_WRITE_PIECE = 65536  # 64 KiB: 32-128 KiB measured alike, 1 MiB slower (logs RUN of 256 MiB)
+# Events' writes (logs go out by ringjobs.api.logpump): 64 KiB pieces, measured when logs
+# went this way too: 32-128 KiB alike, 1 MiB slower (logs RUN of 256 MiB).
+_WRITE_PIECE = 65536
 
 
 class StreamAborted(Exception):
@@ -211,9 +213,10 @@ class StreamSlots:
         self.limit = config.limits.max_log_streams
         self.write_timeout = config.limits.stream_write_timeout_seconds
         self.open = 0
-        # A log stream's pages are read and sent on one of these (ringjobs.api.logpump).
-        # Started as needed, at most one a slot: a stream never waits for a thread.
-        self.threads = ThreadPoolExecutor(self.limit, thread_name_prefix="log-stream")
+        # A log stream's pages are read and sent on one of these (ringjobs.api.logpump),
+        # started as needed. Twice the slots: a stream whose slot was just freed may still
+        # be finishing a page, and the next one does not wait for it.
+        self.threads = ThreadPoolExecutor(2 * self.limit, thread_name_prefix="log-stream")
 
     def close(self) -> None:
         """No more streams: the threads end with the pages they are sending."""

@@ -6,11 +6,13 @@ import asyncio
 import contextlib
 import json
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
 from functools import partial
 from typing import Any, NamedTuple
 
+import structlog
 from aiohttp import web
 
 from ringjobs import __version__
@@ -45,6 +47,7 @@ _WAIT_DEFAULT, _WAIT_MAX = 30.0, 300.0
 _FOLLOW_POLL = 1.0
 _STREAM_SOCKET_BUFFER = 1 << 20  # bytes; see _stream
 
+log = structlog.get_logger(__name__)
 ENGINE_KEY = web.AppKey("engine", Engine)
 STREAMS_KEY = web.AppKey("streams", StreamSlots)
 
@@ -74,8 +77,9 @@ def create_app(engine: Engine) -> web.Application:
         web.post("/v1/runs/{id}/cancel", cancel_run),
         web.post("/v1/runs/{id}/rerun", rerun),
         web.post("/v1/exec", exec_run),
-        web.get("/v1/runs/{id}/logs", run_logs),
-        web.get("/v1/runs/{id}/events", run_events),
+        # No HEAD: its answer has no body, and a stream's bytes are written past aiohttp.
+        web.get("/v1/runs/{id}/logs", run_logs, allow_head=False),
+        web.get("/v1/runs/{id}/events", run_events, allow_head=False),
         web.get("/v1/namespaces", list_namespaces),
         web.post("/v1/namespaces/{ns}/prune", prune_namespace),
         *secret_routes(),
@@ -408,7 +412,7 @@ async def run_logs(request: web.Request) -> web.StreamResponse:
     slots = request.app[STREAMS_KEY]
     async with slots.slot():
         response = await _stream(request, LOG_FRAMES if framed else NDJSON)
-        with contextlib.suppress(StreamAborted):
+        async with _after_headers(request):
             async with log_pump(request, engine.store, slots.threads, slots.write_timeout) as pump:
                 await _follow_logs(request, pump, run, tail, since_us, stream, form)
             await _end_stream(response)
@@ -509,7 +513,7 @@ async def run_events(request: web.Request) -> web.StreamResponse:
     follow = _flag(request.query.get("follow"))
     async with request.app[STREAMS_KEY].slot():
         response = await _stream(request, NDJSON)
-        with contextlib.suppress(StreamAborted):
+        async with _after_headers(request):
             after = 0
             while True:
                 token = engine.notifier.token(run.id)
@@ -761,6 +765,21 @@ async def _stream(request: web.Request, content_type: str) -> web.StreamResponse
     response.enable_chunked_encoding()
     await response.prepare(request)
     return response
+
+
+@asynccontextmanager
+async def _after_headers(request: web.Request) -> AsyncIterator[None]:
+    """A stream once its headers are out. A client that left ends it quietly. An error
+    can no longer be answered as a problem (it would land inside the body): it is
+    logged and the connection dropped, and the client says the answer was cut short."""
+    try:
+        yield
+    except StreamAborted:
+        pass
+    except Exception:
+        log.exception("stream_failed", path=request.path, method=request.method)
+        if request.transport is not None:
+            request.transport.abort()
 
 
 async def _end_stream(response: web.StreamResponse) -> None:

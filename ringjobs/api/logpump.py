@@ -65,6 +65,8 @@ class LogPump:
         for page in pages(self._reader):
             if self._stop.is_set():
                 break
+            if self._transport.is_closing():  # aiohttp saw the client leave (read from here)
+                raise ConnectionResetError("the client closed the connection")
             self._outlet.sendall(b"%x\r\n" % len(page.data))
             self._outlet.sendall(page.data)
             self._outlet.sendall(b"\r\n")
@@ -105,6 +107,8 @@ async def log_pump(
     except TimeoutError:
         transport.abort()
         raise StreamAborted("the client did not read the headers") from None
+    if transport.is_closing():
+        raise StreamAborted("the client went away")
     reader = store.page_reader()  # its connection opens at its first page
     client = transport.get_extra_info("socket")
     # Duplicated on the event loop's thread, where the transport would close the

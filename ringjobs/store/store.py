@@ -95,6 +95,7 @@ _AUTOCHECKPOINT_PAGES = 1000  # SQLite's default: every commit but a bulk step's
 _BULK_STEPS_PER_CHECKPOINT = 4
 _ACTIVE = ("pending", "starting", "running")
 _BUSY_TIMEOUT_MS = 5000
+_STREAM_CACHE_KIB = 256  # a log stream's connection (LogPageReader)
 _PRAGMAS = (
     "auto_vacuum = INCREMENTAL",
     "journal_mode = WAL",
@@ -247,12 +248,18 @@ class LogPageReader:
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None:
             if self._closed:
-                raise StoreUnavailable("the log stream's database connection is closed")
+                raise StoreUnavailable(
+                    "the log stream's database connection is closed (the daemon is "
+                    "shutting down); ask again once it is back"
+                )
             try:
                 # Used by one thread at a time, not always the same one (a pool's).
                 conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
                 conn.execute("PRAGMA query_only = ON").close()
                 conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}").close()
+                # A `--follow` keeps it for hours, 64 streams at once: a small cache
+                # (SQLite's default is 2 MiB) for lines that are read once, in order.
+                conn.execute(f"PRAGMA cache_size = -{_STREAM_CACHE_KIB}").close()
             except sqlite3.Error as exc:
                 raise StoreUnavailable(f"cannot open database {self._path}: {exc}") from exc
             self._conn = conn

@@ -5,16 +5,20 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import sqlite3
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from api_server import ApiServer
+from structlog.testing import capture_logs
 from test_client import stream_runs
 
-from ringjobs.client import Client, printable
+from ringjobs.client import Client, ConnectionLost, printable
 from ringjobs.mediatypes import LOG_FRAMES, NDJSON
 from ringjobs.models import JobSpec, Trigger
+from ringjobs.store import store as store_module
 from ringjobs.store.store import LogPage, next_page_lines
 
 LINES = ["out 1", 'say "hi" \\n é', "err \x00 \x1b[31m", "capped"]
@@ -177,3 +181,60 @@ def settled_files() -> list[str]:
             break
         files = now
     return files
+
+
+def exchange(sock: socket.socket, request: bytes, end: bytes) -> bytes:
+    """Send `request` and read until the answer ends with `end` (or the socket does)."""
+    sock.sendall(request)
+    data = b""
+    while not data.endswith(end) and (piece := sock.recv(65536)):
+        data += piece
+    return data
+
+
+def test_the_connection_serves_the_next_request_after_a_log(server: ApiServer) -> None:
+    # The log's bytes go past aiohttp's writer: the connection must be left as HTTP/1.1
+    # keep-alive expects it.
+    run_id = server.run_id  # type: ignore[attr-defined]
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.connect(str(server.socket_path))
+        for accept in (LOG_FRAMES, NDJSON):
+            ask = f"GET /v1/runs/{run_id}/logs HTTP/1.1\r\nHost: x\r\nAccept: {accept}\r\n\r\n"
+            answer = exchange(sock, ask.encode(), b"\r\n0\r\n\r\n")
+            assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(b"\r\n0\r\n\r\n")
+            assert LINES[0].encode() in answer
+        ask = b"GET /v1/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        assert exchange(sock, ask, b"\n\n").startswith(b"HTTP/1.1 200")
+
+
+def test_a_log_has_no_head(server: ApiServer) -> None:
+    run_id = server.run_id  # type: ignore[attr-defined]
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.connect(str(server.socket_path))
+        ask = f"HEAD /v1/runs/{run_id}/logs HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        assert exchange(sock, ask.encode(), b"\n\n").startswith(b"HTTP/1.1 405")
+
+
+def test_a_read_that_fails_mid_stream_cuts_the_answer_short(
+    server: ApiServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The headers are out: a problem can no longer be the answer (it would land inside
+    # the body). The connection is dropped, the CLI says so, the daemon logs why.
+    run_id = server.run_id  # type: ignore[attr-defined]
+    rows = [(run_id, seq, 1, "stdout", seq, "z" * 1000) for seq in range(5, 3000)]
+    server.call(server.store.append_logs(rows, {run_id: (1, False)}))
+    real = store_module._fetch_rows
+
+    def failing(sql: str, params: Any, *rest: Any) -> Any:
+        if "FROM log_lines" in sql and params.get("after", 0) > 100:
+            raise sqlite3.OperationalError("disk I/O error")
+        return real(sql, params, *rest)
+
+    monkeypatch.setattr(store_module, "_fetch_rows", failing)
+    printed = b""
+    with capture_logs() as logs, pytest.raises(ConnectionLost, match=r"cut short|closed"):
+        for _, data in Client(str(server.socket_path)).print_logs(run_id):
+            printed += data
+    assert printed.startswith(f"{LINES[0]}\n".encode()) and b"problem" not in printed
+    assert len(printed) > 100 * 1000  # the pages before the failure
+    assert [e["event"] for e in logs if e["log_level"] == "error"] == ["stream_failed"]

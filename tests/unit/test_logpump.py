@@ -18,10 +18,14 @@ from ringjobs.store.store import LogPage
 
 
 class Transport:
-    """What LogPump asks of the event loop's transport: to drop the connection."""
+    """What LogPump asks of the event loop's transport: whether the client left, and to
+    drop the connection."""
 
     def __init__(self) -> None:
-        self.aborted = False
+        self.aborted = self.closing = False
+
+    def is_closing(self) -> bool:
+        return self.closing
 
     def abort(self) -> None:
         self.aborted = True
@@ -37,18 +41,30 @@ class Reader:
         self.closed.set()
 
 
-def pump_pair(timeout: float = 10.0) -> tuple[LogPump, socket.socket, Transport, Reader]:
-    ours, client = socket.socketpair()
-    ours.settimeout(timeout)
-    transport, reader = Transport(), Reader()
-    threads = ThreadPoolExecutor(1)
-    pump = LogPump(threads, transport, ours, reader)  # type: ignore[arg-type]
-    return pump, client, transport, reader
+@pytest.fixture
+def threads() -> Iterator[ThreadPoolExecutor]:
+    pool = ThreadPoolExecutor(1)
+    yield pool
+    pool.shutdown(wait=True)
 
 
-def pages(*sizes: int, first_seq: int = 1) -> Any:
+@pytest.fixture
+def pump_pair(threads: ThreadPoolExecutor) -> Any:
+    def make(timeout: float = 10.0) -> tuple[LogPump, socket.socket, Transport, Reader]:
+        ours, client = socket.socketpair()
+        ours.settimeout(timeout)
+        transport, reader = Transport(), Reader()
+        pump = LogPump(threads, transport, ours, reader)  # type: ignore[arg-type]
+        return pump, client, transport, reader
+
+    return make
+
+
+def pages(*sizes: int, first_seq: int = 1, started: threading.Event | None = None) -> Any:
     def read(reader: Reader) -> Iterator[LogPage]:
         for index, size in enumerate(sizes):
+            if started is not None:
+                started.set()
             yield LogPage(bytes([65 + index]) * size, first_seq + index, 1)
 
     return read
@@ -72,7 +88,7 @@ def read_all(client: socket.socket) -> bytes:
     return received
 
 
-async def test_pages_go_out_as_chunks_in_order_and_the_last_seq_comes_back() -> None:
+async def test_pages_go_out_as_chunks_in_order_and_the_last_seq_comes_back(pump_pair: Any) -> None:
     pump, client, transport, reader = pump_pair()
     reading = asyncio.get_running_loop().run_in_executor(None, read_all, client)
     assert await pump.send(pages(3, 300_000, 1, first_seq=5), 4) == 7
@@ -84,7 +100,9 @@ async def test_pages_go_out_as_chunks_in_order_and_the_last_seq_comes_back() -> 
     assert reader.closed.is_set() and not transport.aborted
 
 
-async def test_a_client_that_does_not_read_is_dropped_after_the_write_timeout() -> None:
+async def test_a_client_that_does_not_read_is_dropped_after_the_write_timeout(
+    pump_pair: Any,
+) -> None:
     pump, client, transport, reader = pump_pair(timeout=0.3)
     start = time.monotonic()
     with pytest.raises(StreamAborted):
@@ -96,7 +114,7 @@ async def test_a_client_that_does_not_read_is_dropped_after_the_write_timeout() 
     client.close()
 
 
-async def test_a_client_that_went_away_ends_the_stream() -> None:
+async def test_a_client_that_went_away_ends_the_stream(pump_pair: Any) -> None:
     pump, client, transport, reader = pump_pair()
     client.close()
     with pytest.raises(StreamAborted):
@@ -106,11 +124,29 @@ async def test_a_client_that_went_away_ends_the_stream() -> None:
     assert reader.closed.wait(5)
 
 
-async def test_a_cancelled_stream_stops_its_thread_and_closes_what_it_used() -> None:
+async def test_a_client_that_aiohttp_saw_leave_ends_the_stream_at_the_next_page(
+    pump_pair: Any,
+) -> None:
+    pump, client, transport, reader = pump_pair()
+    transport.closing = True  # EOF from the client: aiohttp closes its side
+    with pytest.raises(StreamAborted, match="closed the connection"):
+        await pump.send(pages(10, 10), 0)
+    assert transport.aborted
+    pump.close()
+    assert reader.closed.wait(5)
+    assert client.recv(100) == b""  # not a byte of the pages went out
+    client.close()
+
+
+async def test_a_cancelled_stream_stops_its_thread_and_closes_what_it_used(
+    pump_pair: Any,
+) -> None:
     pump, client, _, reader = pump_pair()
-    sending = asyncio.ensure_future(pump.send(pages(*[1 << 20] * 64), 0))  # never read
-    await asyncio.sleep(0.3)
-    assert not sending.done()  # the thread is stuck in a write
+    started = threading.Event()
+    sending = asyncio.ensure_future(pump.send(pages(*[1 << 20] * 64, started=started), 0))
+    loop = asyncio.get_running_loop()
+    assert await loop.run_in_executor(None, started.wait, 5)  # 64 MiB: never all out
+    assert not sending.done()
     sending.cancel()
     pump.close()  # what the handler does when the daemon stops
     assert reader.closed.wait(5)  # the thread's write failed at once, then it let go
