@@ -12,6 +12,7 @@ import json
 import os
 import sqlite3
 import time
+import urllib.parse
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, closing
@@ -254,15 +255,21 @@ class LogPageReader:
                 )
             try:
                 # Used by one thread at a time, not always the same one (a pool's).
-                conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
-                conn.execute("PRAGMA query_only = ON").close()
-                conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}").close()
+                # mode=rw: a database gone meanwhile is an error, not a new empty file.
+                uri = f"file:{urllib.parse.quote(str(self._path))}?mode=rw"
+                self._conn = sqlite3.connect(
+                    uri, uri=True, isolation_level=None, check_same_thread=False
+                )
+                self._conn.execute("PRAGMA query_only = ON").close()
+                self._conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}").close()
                 # A `--follow` keeps it for hours, 64 streams at once: a small cache
                 # (SQLite's default is 2 MiB) for lines that are read once, in order.
-                conn.execute(f"PRAGMA cache_size = -{_STREAM_CACHE_KIB}").close()
+                self._conn.execute(f"PRAGMA cache_size = -{_STREAM_CACHE_KIB}").close()
             except sqlite3.Error as exc:
+                if self._conn is not None:  # it opened, then refused a pragma
+                    self._conn.close()
+                    self._conn = None
                 raise StoreUnavailable(f"cannot open database {self._path}: {exc}") from exc
-            self._conn = conn
         return self._conn
 
     def close(self) -> None:

@@ -1472,3 +1472,12 @@ async def test_an_apply_stores_its_audit_record_with_the_runs_it_starts(store: S
             ("created", None),
             ("caller", 7),
         ]
+
+
+def test_a_log_streams_reader_refuses_a_database_gone_meanwhile(tmp_path: Path) -> None:
+    path = tmp_path / "rj.db"  # its directory is there: SQLite would make a new file
+    reader = store_module.LogPageReader(path)
+    with pytest.raises(StoreUnavailable, match="cannot open database"):
+        reader.page(1, 0, 0, None, 16)
+    reader.close()
+    assert not path.exists()  # nothing made in its place
