@@ -206,6 +206,26 @@ class StreamAborted(Exception):
     """A streaming client stopped reading or went away; its connection is closed."""
 
 
+class StreamThreads:
+    """The threads log streams' pages are read and sent on (ringjobs.api.logpump), each
+    stream a sender and, while it sends, a reader; started as needed.
+
+    Two pools, so that a sender never waits for a reader queued behind other senders.
+    Each holds twice the streams: a stream whose slot was just freed may still be
+    finishing a page, and the next one does not wait for it.
+    """
+
+    def __init__(self, streams: int) -> None:
+        self.senders = ThreadPoolExecutor(2 * streams, thread_name_prefix="log-send")
+        self.readers = ThreadPoolExecutor(2 * streams, thread_name_prefix="log-read")
+
+    def close(self) -> None:
+        """Senders not yet started are dropped; a reader queued for a sender that did
+        start still runs (its sender waits for it), and stops with that sender."""
+        self.senders.shutdown(wait=False, cancel_futures=True)
+        self.readers.shutdown(wait=False)
+
+
 class StreamSlots:
     """A fixed number of concurrent log/event streams and run waits over all clients."""
 
@@ -213,14 +233,11 @@ class StreamSlots:
         self.limit = config.limits.max_log_streams
         self.write_timeout = config.limits.stream_write_timeout_seconds
         self.open = 0
-        # A log stream's pages are read and sent on one of these (ringjobs.api.logpump),
-        # started as needed. Twice the slots: a stream whose slot was just freed may still
-        # be finishing a page, and the next one does not wait for it.
-        self.threads = ThreadPoolExecutor(2 * self.limit, thread_name_prefix="log-stream")
+        self.threads = StreamThreads(self.limit)
 
     def close(self) -> None:
         """No more streams: the threads end with the pages they are sending."""
-        self.threads.shutdown(wait=False, cancel_futures=True)
+        self.threads.close()
 
     @asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:

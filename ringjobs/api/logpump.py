@@ -1,11 +1,13 @@
-"""A log stream's pages read and sent on a thread of the stream's, past aiohttp's writer.
+"""A log stream's pages read on one thread and sent on another, past aiohttp's writer.
 
 `logs RUN` of a large log went through two threads that waited for each other: the
 store's reader built each page, and the event loop sent it in 64 KiB writes through
-aiohttp. Here one thread reads a page (with the stream's own connection: LogPageReader)
-and writes it as an HTTP/1.1 chunk straight to a duplicate of the client's socket, then
-reads the next while the kernel's socket buffer drains: 250 -> 400 MiB/s with `curl`
-here (README "At scale"). The event loop only starts each batch of pages and awaits it.
+aiohttp. Here a thread of the stream's reads pages (with the stream's own connection:
+LogPageReader) and hands each over, one at a time, to a second thread, which writes it
+as an HTTP/1.1 chunk straight to a duplicate of the client's socket. Each is CPU-bound
+for about as long as the other (SQLite's reads and the page built; the copy into the
+socket), so on two cores a large log goes out about twice as fast as on one thread
+(README "At scale"). The event loop only starts each batch of pages and awaits it.
 
 aiohttp writes the headers before and the last chunk after (`write_eof`); in between,
 the response's bytes are all written here: nothing else writes to a log stream.
@@ -19,12 +21,12 @@ import os
 import socket
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
-from concurrent.futures import Executor, Future
+from concurrent.futures import Future, wait
 from contextlib import asynccontextmanager
 
 from aiohttp import web
 
-from ringjobs.api.access import StreamAborted
+from ringjobs.api.access import StreamAborted, StreamThreads
 from ringjobs.store import Store
 from ringjobs.store.store import LogPage, LogPageReader
 
@@ -32,12 +34,58 @@ Pages = Callable[[LogPageReader], Iterator[LogPage]]
 _DRAIN_POLL = 0.005  # seconds; aiohttp's headers are out at once unless the client stalls
 
 
+class _End:
+    """The reading thread has read the last page."""
+
+
+_END = _End()
+_Handed = LogPage | BaseException | _End
+
+
+class _Handoff:
+    """One page at a time from the reading thread to the sending one: the reader builds
+    the next page while the sender sends this one, and no more is held (about three
+    pages per stream: one built, one handed over, one being sent)."""
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self._item: _Handed | None = None
+        self._stopped = False
+
+    def put(self, item: _Handed) -> bool:
+        """Hand over once the last one was taken; False (not handed) once stopped."""
+        with self._changed:
+            while self._item is not None and not self._stopped:
+                self._changed.wait()
+            if self._stopped:
+                return False
+            self._item = item
+            self._changed.notify_all()
+            return True
+
+    def take(self) -> _Handed:
+        """The next item. Only the sender takes, and only until the reader's last item
+        (_END or its error): the reader always hands one over before it stops."""
+        with self._changed:
+            while self._item is None:
+                self._changed.wait()
+            item, self._item = self._item, None
+            self._changed.notify_all()
+            return item
+
+    def stop(self) -> None:
+        """The sender is done: a reader waiting to hand over, or about to, stops."""
+        with self._changed:
+            self._stopped = True
+            self._changed.notify_all()
+
+
 class LogPump:
     """Sends batches of log pages as HTTP chunks, one batch at a time (see module)."""
 
     def __init__(
         self,
-        threads: Executor,
+        threads: StreamThreads,
         transport: asyncio.Transport,
         outlet: socket.socket,
         reader: LogPageReader,
@@ -51,10 +99,10 @@ class LogPump:
         self._job: Future[int] | None = None
 
     async def send(self, pages: Pages, after: int) -> int:
-        """Send what `pages` reads, on a thread of the stream's; returns the seq of the
+        """Send what `pages` reads, on threads of the stream's; returns the seq of the
         last line sent (`after` if none). A client that has not read for the write
         timeout, or went away, has its connection dropped: StreamAborted."""
-        self._job = self._threads.submit(self._send, pages, after)
+        self._job = self._threads.senders.submit(self._send, pages, after)
         try:
             return await asyncio.wrap_future(self._job)
         except OSError as exc:  # TimeoutError (not read meanwhile) is one too
@@ -62,16 +110,34 @@ class LogPump:
             raise StreamAborted(str(exc) or type(exc).__name__) from None
 
     def _send(self, pages: Pages, after: int) -> int:
-        for page in pages(self._reader):
-            if self._stop.is_set():
-                break
-            if self._transport.is_closing():  # aiohttp saw the client leave (read from here)
-                raise ConnectionResetError("the client closed the connection")
-            self._outlet.sendall(b"%x\r\n" % len(page.data))
-            self._outlet.sendall(page.data)
-            self._outlet.sendall(b"\r\n")
-            after = page.last_seq
-        return after
+        handoff = _Handoff()
+        reading = self._threads.readers.submit(self._read, pages, handoff)
+        try:
+            while not isinstance(page := handoff.take(), _End):
+                if isinstance(page, BaseException):
+                    raise page
+                if self._stop.is_set():
+                    break
+                if self._transport.is_closing():  # aiohttp saw the client leave
+                    raise ConnectionResetError("the client closed the connection")
+                self._outlet.sendall(b"%x\r\n" % len(page.data))
+                self._outlet.sendall(page.data)
+                self._outlet.sendall(b"\r\n")
+                after = page.last_seq
+            return after
+        finally:
+            handoff.stop()
+            wait([reading])  # within a page's read: then the reader's connection is free
+
+    def _read(self, pages: Pages, handoff: _Handoff) -> None:
+        try:
+            for page in pages(self._reader):
+                if not handoff.put(page):
+                    return
+        except BaseException as exc:  # the sender raises it, on its thread
+            handoff.put(exc)
+        else:
+            handoff.put(_END)
 
     def close(self) -> None:
         """Stop: a batch under way (the stream was cancelled) ends at its next write,
@@ -93,7 +159,7 @@ class LogPump:
 
 @asynccontextmanager
 async def log_pump(
-    request: web.Request, store: Store, threads: Executor, write_timeout: float
+    request: web.Request, store: Store, threads: StreamThreads, write_timeout: float
 ) -> AsyncIterator[LogPump]:
     """A LogPump for a log stream whose headers aiohttp has written (prepare)."""
     transport = request.transport

@@ -7,13 +7,13 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
 
-from ringjobs.api.access import StreamAborted
+from ringjobs.api.access import StreamAborted, StreamThreads
 from ringjobs.api.logpump import LogPump
+from ringjobs.exceptions import StoreUnavailable
 from ringjobs.store.store import LogPage
 
 
@@ -32,27 +32,33 @@ class Transport:
 
 
 class Reader:
-    """Stands in for LogPageReader: the pump only hands it to `pages` and closes it."""
+    """Stands in for LogPageReader: the pump only hands it to `pages` and closes it.
+    `reading` is set by a test's pages while one is read."""
 
     def __init__(self) -> None:
         self.closed = threading.Event()
+        self.reading = False
+        self.closed_while_reading = False
 
     def close(self) -> None:
+        self.closed_while_reading = self.reading
         self.closed.set()
 
 
 @pytest.fixture
-def threads() -> Iterator[ThreadPoolExecutor]:
-    pool = ThreadPoolExecutor(1)
-    yield pool
-    pool.shutdown(wait=True)
+def threads() -> Iterator[StreamThreads]:
+    pools = StreamThreads(1)
+    yield pools
+    pools.senders.shutdown(wait=True)
+    pools.readers.shutdown(wait=True)
 
 
 @pytest.fixture
-def pump_pair(threads: ThreadPoolExecutor) -> Any:
+def pump_pair(threads: StreamThreads) -> Any:
     def make(timeout: float = 10.0) -> tuple[LogPump, socket.socket, Transport, Reader]:
         ours, client = socket.socketpair()
         ours.settimeout(timeout)
+        client.settimeout(10)  # a test that fails does not hang on its read
         transport, reader = Transport(), Reader()
         pump = LogPump(threads, transport, ours, reader)  # type: ignore[arg-type]
         return pump, client, transport, reader
@@ -154,3 +160,63 @@ async def test_a_cancelled_stream_stops_its_thread_and_closes_what_it_used(
     with pytest.raises(asyncio.CancelledError):
         await sending
     client.close()
+
+
+async def test_a_read_that_fails_ends_the_stream_with_its_error_after_the_pages_before(
+    pump_pair: Any,
+) -> None:
+    pump, client, transport, reader = pump_pair()
+
+    def failing(_: Reader) -> Iterator[LogPage]:
+        yield LogPage(b"x" * 10, 1, 1)
+        raise StoreUnavailable("cannot read the database: disk I/O error")
+
+    reading = asyncio.get_running_loop().run_in_executor(None, read_all, client)
+    with pytest.raises(StoreUnavailable, match="disk I/O error"):
+        await pump.send(failing, 0)
+    pump.close()
+    assert dechunk(await reading) == [b"x" * 10]
+    assert reader.closed.wait(5)
+    assert not transport.aborted  # the handler cuts the answer short (app._after_headers)
+    client.close()
+
+
+async def test_the_reader_reads_no_more_than_a_page_ahead_of_a_client_that_does_not_read(
+    pump_pair: Any,
+) -> None:
+    pump, client, _, _ = pump_pair(timeout=0.5)
+    yielded = 0
+
+    def counted(_: Reader) -> Iterator[LogPage]:
+        nonlocal yielded
+        for seq in range(1, 65):
+            yield LogPage(b"y" * (1 << 20), seq, 1)  # more than the socket's buffer holds
+            yielded += 1
+
+    with pytest.raises(StreamAborted):
+        await pump.send(counted, 0)
+    pump.close()
+    # The first page stuck in the socket, the second handed over, the third built and
+    # waiting to be handed over: it counts once its hand-over is refused.
+    assert yielded <= 3
+    client.close()
+
+
+async def test_the_readers_connection_is_let_go_only_after_the_page_it_is_reading(
+    pump_pair: Any,
+) -> None:
+    pump, client, _, reader = pump_pair()
+    client.close()  # the first page's write fails while the second is read
+
+    def slow(reader: Reader) -> Iterator[LogPage]:
+        yield LogPage(b"z" * 10, 1, 1)
+        reader.reading = True
+        time.sleep(0.3)
+        reader.reading = False
+        yield LogPage(b"z" * 10, 2, 1)
+
+    with pytest.raises(StreamAborted):
+        await pump.send(slow, 0)
+    pump.close()
+    assert reader.closed.wait(5)
+    assert not reader.closed_while_reading

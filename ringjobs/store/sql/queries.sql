@@ -130,7 +130,7 @@ WHERE run_id = :run_id AND seq > :after AND time >= :since
 ORDER BY seq LIMIT :limit;
 
 -- name: read_logs_framed
--- read_logs for log frames (docs/api.md), which Store.read_logs_encoded builds from these
+-- read_logs for log frames (docs/api.md), which LogPageReader.page builds from these
 -- columns: each line as bytes, with its time as `ringjobs logs --timestamps` prints it
 -- when :timestamps. Joining in SQLite copied each 4 KiB line about five times (||): a
 -- page of 256 such lines came at 410-425 MiB/s here, 520-570 built in Python.
