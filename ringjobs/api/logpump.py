@@ -4,10 +4,10 @@
 store's reader built each page, and the event loop sent it in 64 KiB writes through
 aiohttp. Here a thread of the stream's reads pages (with the stream's own connection:
 LogPageReader) and hands each over, one at a time, to a second thread, which writes it
-as an HTTP/1.1 chunk straight to a duplicate of the client's socket. Each is CPU-bound
-for about as long as the other (SQLite's reads and the page built; the copy into the
-socket), so on two cores a large log goes out about twice as fast as on one thread
-(README "At scale"). The event loop only starts each batch of pages and awaits it.
+as an HTTP/1.1 chunk straight to a duplicate of the client's socket. Both are CPU-bound
+(SQLite's reads and the page built; the copy into the socket), and on one thread each
+waited for the other: 1 GiB through the CLI 1220 -> 1394 MiB/s here with the second
+thread (README "At scale"). The event loop only starts each batch of pages and awaits it.
 
 aiohttp writes the headers before and the last chunk after (`write_eof`); in between,
 the response's bytes are all written here: nothing else writes to a log stream.
@@ -21,8 +21,9 @@ import os
 import socket
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
-from concurrent.futures import Future, wait
+from concurrent.futures import Executor, Future
 from contextlib import asynccontextmanager
+from typing import TypeVar
 
 from aiohttp import web
 
@@ -31,6 +32,7 @@ from ringjobs.store import Store
 from ringjobs.store.store import LogPage, LogPageReader
 
 Pages = Callable[[LogPageReader], Iterator[LogPage]]
+_T = TypeVar("_T")
 _DRAIN_POLL = 0.005  # seconds; aiohttp's headers are out at once unless the client stalls
 
 
@@ -51,6 +53,7 @@ class _Handoff:
         self._changed = threading.Condition()
         self._item: _Handed | None = None
         self._stopped = False
+        self._reader_gone = False
 
     def put(self, item: _Handed) -> bool:
         """Hand over once the last one was taken; False (not handed) once stopped."""
@@ -65,10 +68,13 @@ class _Handoff:
 
     def take(self) -> _Handed:
         """The next item. Only the sender takes, and only until the reader's last item
-        (_END or its error): the reader always hands one over before it stops."""
+        (_END or its error); a reader that ended without one (its future cancelled: the
+        daemon is stopping) is a ConnectionAbortedError, not a wait for ever."""
         with self._changed:
-            while self._item is None:
+            while self._item is None and not self._reader_gone:
                 self._changed.wait()
+            if self._item is None:
+                raise ConnectionAbortedError("the log stream's reader stopped (shutdown)")
             item, self._item = self._item, None
             self._changed.notify_all()
             return item
@@ -78,6 +84,19 @@ class _Handoff:
         with self._changed:
             self._stopped = True
             self._changed.notify_all()
+
+    def reader_done(self, _: object) -> None:
+        """The reader's future is done (a done callback), with or without a last item."""
+        with self._changed:
+            self._reader_gone = True
+            self._changed.notify_all()
+
+    def join(self) -> None:
+        """Until the reader's future is done. Not `concurrent.futures.wait`: a future that
+        a pool's shutdown cancelled in its queue never counts as done there."""
+        with self._changed:
+            while not self._reader_gone:
+                self._changed.wait()
 
 
 class LogPump:
@@ -102,8 +121,8 @@ class LogPump:
         """Send what `pages` reads, on threads of the stream's; returns the seq of the
         last line sent (`after` if none). A client that has not read for the write
         timeout, or went away, has its connection dropped: StreamAborted."""
-        self._job = self._threads.senders.submit(self._send, pages, after)
         try:
+            self._job = _submit(self._threads.senders, self._send, pages, after)
             return await asyncio.wrap_future(self._job)
         except OSError as exc:  # TimeoutError (not read meanwhile) is one too
             self._transport.abort()
@@ -111,7 +130,8 @@ class LogPump:
 
     def _send(self, pages: Pages, after: int) -> int:
         handoff = _Handoff()
-        reading = self._threads.readers.submit(self._read, pages, handoff)
+        reading = _submit(self._threads.readers, self._read, pages, handoff)
+        reading.add_done_callback(handoff.reader_done)
         try:
             while not isinstance(page := handoff.take(), _End):
                 if isinstance(page, BaseException):
@@ -127,7 +147,7 @@ class LogPump:
             return after
         finally:
             handoff.stop()
-            wait([reading])  # within a page's read: then the reader's connection is free
+            handoff.join()  # within a page's read: then the reader's connection is free
 
     def _read(self, pages: Pages, handoff: _Handoff) -> None:
         try:
@@ -140,8 +160,9 @@ class LogPump:
             handoff.put(_END)
 
     def close(self) -> None:
-        """Stop: a batch under way (the stream was cancelled) ends at its next write,
-        and the outlet and the reader are closed once nothing uses them."""
+        """Stop: a batch under way (the stream was cancelled) ends at its next write, or
+        once the page being read is read, and the outlet and the reader are closed once
+        nothing uses them."""
         self._stop.set()
         job = self._job
         if job is None or job.done():
@@ -155,6 +176,13 @@ class LogPump:
         with self._closing:
             self._outlet.close()
         self._reader.close()
+
+
+def _submit(pool: Executor, call: Callable[..., _T], *args: object) -> Future[_T]:
+    try:
+        return pool.submit(call, *args)
+    except RuntimeError:  # the pool is shut down: the daemon is stopping
+        raise ConnectionAbortedError("the daemon is shutting down") from None
 
 
 @asynccontextmanager
@@ -178,7 +206,7 @@ async def log_pump(
     reader = store.page_reader()  # its connection opens at its first page
     client = transport.get_extra_info("socket")
     # Duplicated on the event loop's thread, where the transport would close the
-    # original: the number cannot be reused under the stream's thread.
+    # original: the number cannot be reused under the stream's sending thread.
     outlet = socket.socket(client.family, client.type, fileno=os.dup(client.fileno()))
     outlet.settimeout(write_timeout)  # kept non-blocking: the timeout is Python's poll
     pump = LogPump(threads, transport, outlet, reader)

@@ -185,10 +185,10 @@ class LogPageReader:
     """Pages of runs' stored lines as the API sends them, for one stream.
 
     Read on whichever thread calls, one call at a time, with a read-only connection of
-    its own (opened at the first page, kept until `close`): the API reads and sends a
-    large log on one thread of the stream's, away from the event loop and from the
-    reader's thread that other API reads share. With both in the way, `logs RUN` went
-    at about 250 MiB/s; on one thread, about 400 (README "At scale").
+    its own (opened at the first page, kept until `close`): the API reads a large log
+    on a thread of the stream's (ringjobs.api.logpump), away from the event loop and
+    from the reader's thread that other API reads share. With both in the way, `logs
+    RUN` went at about 250 MiB/s; on threads of its own, about 400 (README "At scale").
     """
 
     def __init__(self, path: Path) -> None:
