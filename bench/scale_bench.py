@@ -652,7 +652,10 @@ def bench_history(runs: int, lines_per_run: int, idle_seconds: float, executable
             alone = measure_prune(daemon, database, cut, [reading])
             calm = [Prober(daemon.socket_path, inspect_call(runs), 0.0)]
             calm.append(Prober(daemon.socket_path, apply, 0.05))
-            run_for(calm, 5.0)  # the same calls without a prune: what the prune adds
+            # The same calls without a prune, for as long as a prune: what the prune adds
+            # (5 s gave ~90 applies, too few for a max beside the prune's).
+            calm_seconds = max(5.0, alone.seconds)
+            run_for(calm, calm_seconds)
             reading = Prober(daemon.socket_path, inspect_call(runs), 0.0)
             writing = Prober(daemon.socket_path, apply, 0.05)
             next_cut = cut + timedelta(minutes=runs // 10)  # the next tenth
@@ -708,8 +711,9 @@ def bench_history(runs: int, lines_per_run: int, idle_seconds: float, executable
     row("longest API call during the prune", ms(with_writes.longest()), "< 100 ms")
     row("`run inspect` during it, p50 / p99 / max", spread(with_writes.probers[0].samples), "")
     row("`apply` during it, p50 / p99 / max", spread(with_writes.probers[1].samples), "")
-    row("the same clients, no prune: `run inspect`, p50 / p99 / max", spread(calm[0].samples), "")
-    row("the same clients, no prune: `apply`, p50 / p99 / max", spread(calm[1].samples), "")
+    calm_label = f"the same clients for {calm_seconds:.0f} s, no prune"
+    row(f"{calm_label}: `run inspect`, p50 / p99 / max", spread(calm[0].samples), "")
+    row(f"{calm_label}: `apply`, p50 / p99 / max", spread(calm[1].samples), "")
     row("`apply` with nothing else running, p50 / p99 / max", spread(writes), "")
     row(
         "database + WAL before → after",
