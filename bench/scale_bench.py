@@ -652,9 +652,10 @@ def bench_history(runs: int, lines_per_run: int, idle_seconds: float, executable
             alone = measure_prune(daemon, database, cut, [reading])
             calm = [Prober(daemon.socket_path, inspect_call(runs), 0.0)]
             calm.append(Prober(daemon.socket_path, apply, 0.05))
-            # The same calls without a prune, for as long as a prune: what the prune adds
-            # (5 s gave ~90 applies, too few for a max beside the prune's).
-            calm_seconds = max(5.0, alone.seconds)
+            # The same calls without a prune: what the prune adds. At least 15 s (about
+            # 300 applies; 5 s gave ~90, too few for a max beside the prune's), and as
+            # long as the first prune took.
+            calm_seconds = max(15.0, alone.seconds)
             run_for(calm, calm_seconds)
             reading = Prober(daemon.socket_path, inspect_call(runs), 0.0)
             writing = Prober(daemon.socket_path, apply, 0.05)

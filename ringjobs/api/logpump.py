@@ -68,8 +68,9 @@ class _Handoff:
 
     def take(self) -> _Handed:
         """The next item. Only the sender takes, and only until the reader's last item
-        (_END or its error); a reader that ended without one (its future cancelled: the
-        daemon is stopping) is a ConnectionAbortedError, not a wait for ever."""
+        (_END or its error); a reader that ended without one (its future cancelled while
+        queued) is a ConnectionAbortedError, not a wait for ever. StreamThreads.close
+        lets queued readers run: this is a defence, for a pool shut down otherwise."""
         with self._changed:
             while self._item is None and not self._reader_gone:
                 self._changed.wait()

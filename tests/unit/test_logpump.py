@@ -189,8 +189,8 @@ async def test_the_reader_reads_no_more_than_a_page_ahead_of_a_client_that_does_
 
     def counted(_: Reader) -> Iterator[LogPage]:
         nonlocal yielded
-        for seq in range(1, 65):
-            yield LogPage(b"y" * (1 << 20), seq, 1)  # more than the socket's buffer holds
+        for seq in range(1, 17):
+            yield LogPage(b"y" * (8 << 20), seq, 1)  # more than any socket buffer holds
             yielded += 1
 
     with pytest.raises(StreamAborted):
@@ -261,7 +261,10 @@ async def test_a_reader_that_never_runs_ends_its_stream_instead_of_hanging_it(
     hold = threading.Event()
     busy = [threads.readers.submit(hold.wait, 10) for _ in range(2)]  # every reader
     sending = asyncio.ensure_future(pump.send(pages(10), 0))
-    await asyncio.sleep(0.2)  # the stream's reader is queued behind them
+    deadline = time.monotonic() + 5
+    while not threads.readers._work_queue.qsize():  # the stream's reader, queued
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.01)
     threads.readers.shutdown(wait=False, cancel_futures=True)  # and is cancelled
     hold.set()
     with pytest.raises(StreamAborted, match="reader stopped"):
