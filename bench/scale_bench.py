@@ -28,17 +28,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import multiprocessing
 import os
 import random
 import sqlite3
 import statistics
 import subprocess
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from multiprocessing.synchronize import Event
 from pathlib import Path
 
 import docker
@@ -152,6 +153,17 @@ def direct_read(path: Path) -> float:
     return path.stat().st_size / (time.perf_counter() - start) / 2**20
 
 
+def piped_disk_read(daemon: Daemon, path: Path, size: int) -> float:
+    """MiB/s of `size` bytes of `path` read from the disk (O_DIRECT) by `dd`, written to
+    its stdout and read from the pipe by this process, as `ringjobs logs` output is:
+    the disk's speed as any command's reader sees it, the pipe's cost included."""
+    argv = ["dd", f"if={path}", "bs=1M", f"count={size // 2**20}", "iflag=direct", "status=none"]
+    _first, took, got = first_line_and_total(daemon, argv)
+    if got != size:
+        raise SystemExit(f"dd wrote {got} bytes of {path}, not {size}")
+    return got / took / 2**20
+
+
 def sqlite_read(path: Path, run_id: int) -> float:
     """MiB/s of SQLite alone handing a run's lines over in order, to Python: what the store
     can give `logs RUN` at most (nothing framed, nothing sent). Read-only, beside the
@@ -221,7 +233,10 @@ def bench_logs(size: int, rounds: int, executable: str) -> None:
             db_size = sum(p.stat().st_size for p in Path(tmp).glob("rj.db*"))
             cli = [RINGJOBS, "logs", str(run_id)]
             firsts = [first_line(daemon, cli) for _ in range(5)]
-            wholes = [first_line_and_total(daemon, cli)[1:] for _ in range(3)]
+            wholes, piped = [], []
+            for _ in range(3):  # alternated: the host's drift hits both alike
+                wholes.append(first_line_and_total(daemon, cli)[1:])
+                piped.append(piped_disk_read(daemon, Path(tmp) / "rj.db", size))
             whole, total = statistics.median(w for w, _ in wholes), wholes[0][1]
             tails = [first_line_and_total(daemon, [*cli, "--tail", "100"])[1] for _ in range(5)]
             api_tails = timed(lambda: drain(daemon.client.stream_logs(run_id, tail=100)), 50)
@@ -262,7 +277,7 @@ def bench_logs(size: int, rounds: int, executable: str) -> None:
         f"{total / whole / 2**20:.0f} MiB/s",
         f"{size / docker_read / 2**20:.0f} MiB/s",
         f"{docker_read / whole * total / size:.2f}x",
-        "disk speed",
+        "",
     )
     short_whole, short_total = shorts[0]
     row(
@@ -280,11 +295,20 @@ def bench_logs(size: int, rounds: int, executable: str) -> None:
         "",
     )
     row(
-        "the disk: the database file read with O_DIRECT (`dd`), 3 times",
+        "the disk: the database file read with O_DIRECT (`dd` to /dev/null), 3 times",
         "",
         ", ".join(f"{rate:.0f} MiB/s" for rate in disk),
         "",
         "",
+    )
+    pipe = statistics.median(piped)
+    row(
+        "the disk as a reader sees it: the same `dd` to a pipe read here, each after a "
+        "`logs RUN`, median of 3 (min, max)",
+        f"{total / whole / 2**20:.0f} MiB/s",
+        f"{pipe:.0f} MiB/s ({min(piped):.0f}, {max(piped):.0f})",
+        f"{total / whole / 2**20 / pipe:.2f}x",
+        "disk speed",
     )
     row(
         "API: last 100 lines (`GET /v1/runs/ID/logs?tail=100`, all read), p50 / p95",
@@ -541,23 +565,52 @@ def timed(call: Callable[[], object], times: int) -> list[float]:
     return samples
 
 
-class Prober(threading.Thread):
-    """Times one API call back to back (with `pause` between) while something else runs."""
+class Prober:
+    """Times one API call back to back (with `pause` between) while something else runs,
+    from a process of its own. Two probers as threads of one process timed each other's
+    waits for the GIL: in a trial, `apply` beside a thread calling `run inspect` had a
+    p99 / max of 56 / 68 ms, and from a process of its own 22 / 35 ms."""
 
-    def __init__(self, socket_path: str, call: Callable[[Client], object], pause: float) -> None:
-        super().__init__(daemon=True)
-        self.client = Client(socket_path, retry_for=0)
-        self.call = call
-        self.pause = pause
+    def __init__(self, socket_path: str, call: str, pause: float, runs: int = 0) -> None:
+        context = multiprocessing.get_context("spawn")  # nothing of this process's state
+        self.stop = context.Event()
+        self._ready = context.Event()
+        self._out: multiprocessing.SimpleQueue[list[float]] = context.SimpleQueue()
+        args = (socket_path, call, runs, pause, self.stop, self._ready, self._out)
+        self._process = context.Process(target=_probe, args=args, daemon=True)
         self.samples: list[float] = []
-        self.stop = threading.Event()
 
-    def run(self) -> None:
-        while not self.stop.is_set():
-            start = time.perf_counter()
-            self.call(self.client)
-            self.samples.append(time.perf_counter() - start)
-            self.stop.wait(self.pause)
+    def start(self) -> None:
+        self._process.start()
+        if not self._ready.wait(30):  # its imports and client made before the clock runs
+            raise SystemExit(f"a prober did not start (exit code {self._process.exitcode})")
+
+    def finish(self) -> None:
+        self.stop.set()
+        self.samples = self._out.get()
+        self._process.join()
+
+
+def _probe(
+    socket_path: str,
+    call: str,
+    runs: int,
+    pause: float,
+    stop: Event,
+    ready: Event,
+    out: multiprocessing.SimpleQueue[list[float]],
+) -> None:
+    """A Prober's process: `call` until `stop`, then its samples to `out`."""
+    client = Client(socket_path, retry_for=0)
+    timed_call = inspect_call(runs) if call == "inspect" else apply_call()
+    samples: list[float] = []
+    ready.set()
+    while not stop.is_set():
+        start = time.perf_counter()
+        timed_call(client)
+        samples.append(time.perf_counter() - start)
+        stop.wait(pause)
+    out.put(samples)
 
 
 def inspect_call(run_ids: int) -> Callable[[Client], object]:
@@ -566,12 +619,14 @@ def inspect_call(run_ids: int) -> Callable[[Client], object]:
 
 
 def apply_call() -> Callable[[Client], object]:
-    """`apply` of one job whose command changes each time: a new revision, a real write."""
+    """`apply` of one job whose command changes each time: a new revision, a real write
+    (and a run). The process id keeps two probers' commands apart."""
     count = iter(range(1 << 62))
 
     def apply(client: Client) -> object:
         job = {"name": "probe", "namespace": f"{NAMESPACE}-probe", "image": IMAGE}
-        job |= {"runtime": "docker", "kind": "job", "command": ["echo", str(next(count))]}
+        command = ["echo", f"{os.getpid()}.{next(count)}"]
+        job |= {"runtime": "docker", "kind": "job", "command": command}
         manifest = json.dumps({"deployments": {"probe": job}})
         return client.apply([{"source": "probe.json", "content": manifest}])
 
@@ -611,8 +666,7 @@ def measure_prune(
     result = daemon.client.prune_namespace(NAMESPACE, older_than=f"{age}s")
     seconds = time.perf_counter() - start
     for prober in probers:
-        prober.stop.set()
-        prober.join()
+        prober.finish()
     removed = len(result.get("run_ids") or [])
     return PruneFigures(removed, seconds, probers, before, db_bytes(database))
 
@@ -622,8 +676,7 @@ def run_for(probers: list[Prober], seconds: float) -> None:
         prober.start()
     time.sleep(seconds)
     for prober in probers:
-        prober.stop.set()
-        prober.join()
+        prober.finish()
 
 
 def bench_history(runs: int, lines_per_run: int, idle_seconds: float, executable: str) -> None:
@@ -648,17 +701,17 @@ def bench_history(runs: int, lines_per_run: int, idle_seconds: float, executable
             # reader only (their writes and containers made it 8.8 -> 10.2 s in a trial).
             for run in client.list_runs(namespace=f"{NAMESPACE}-probe", limit=100)["runs"]:
                 client.wait_until_terminal(int(run["id"]))
-            reading = Prober(daemon.socket_path, inspect_call(runs), 0.0)
+            reading = Prober(daemon.socket_path, "inspect", 0.0, runs)
             alone = measure_prune(daemon, database, cut, [reading])
-            calm = [Prober(daemon.socket_path, inspect_call(runs), 0.0)]
-            calm.append(Prober(daemon.socket_path, apply, 0.05))
+            calm = [Prober(daemon.socket_path, "inspect", 0.0, runs)]
+            calm.append(Prober(daemon.socket_path, "apply", 0.05))
             # The same calls without a prune: what the prune adds. At least 15 s (about
             # 300 applies; 5 s gave ~90, too few for a max beside the prune's), and as
             # long as the first prune took.
             calm_seconds = max(15.0, alone.seconds)
             run_for(calm, calm_seconds)
-            reading = Prober(daemon.socket_path, inspect_call(runs), 0.0)
-            writing = Prober(daemon.socket_path, apply, 0.05)
+            reading = Prober(daemon.socket_path, "inspect", 0.0, runs)
+            writing = Prober(daemon.socket_path, "apply", 0.05)
             next_cut = cut + timedelta(minutes=runs // 10)  # the next tenth
             with_writes = measure_prune(daemon, database, next_cut, [reading, writing])
     header(
