@@ -153,15 +153,27 @@ def direct_read(path: Path) -> float:
     return path.stat().st_size / (time.perf_counter() - start) / 2**20
 
 
-def piped_disk_read(daemon: Daemon, path: Path, size: int) -> float:
-    """MiB/s of `size` bytes of `path` read from the disk (O_DIRECT) by `dd`, written to
-    its stdout and read from the pipe by this process, as `ringjobs logs` output is:
-    the disk's speed as any command's reader sees it, the pipe's cost included."""
-    argv = ["dd", f"if={path}", "bs=1M", f"count={size // 2**20}", "iflag=direct", "status=none"]
-    _first, took, got = first_line_and_total(daemon, argv)
+def evict(database: Path) -> None:
+    """Drop the database's pages (and its WAL's) from the page cache, and only theirs:
+    the next read of them comes from the disk (POSIX_FADV_DONTNEED, once synced)."""
+    os.sync()
+    for path in database.parent.glob(database.name + "*"):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def file_read(daemon: Daemon, path: Path, size: int) -> tuple[float, int]:
+    """(seconds, bytes) of `head -c` writing the first `size` bytes of `path` into a pipe
+    read by this process, as `ringjobs logs` output is: the same pipe and reader, with
+    nothing but a file's bytes behind them. (In a trial from the page cache, `dd` into
+    that pipe went at 0.7-1.2 GiB/s, `head -c` at 1.5: the faster is the baseline.)"""
+    _first, took, got = first_line_and_total(daemon, ["head", "-c", str(size), str(path)])
     if got != size:
-        raise SystemExit(f"dd wrote {got} bytes of {path}, not {size}")
-    return got / took / 2**20
+        raise SystemExit(f"head wrote {got} bytes of {path}, not {size}")
+    return took, got
 
 
 def sqlite_read(path: Path, run_id: int) -> float:
@@ -233,15 +245,25 @@ def bench_logs(size: int, rounds: int, executable: str) -> None:
             db_size = sum(p.stat().st_size for p in Path(tmp).glob("rj.db*"))
             cli = [RINGJOBS, "logs", str(run_id)]
             firsts = [first_line(daemon, cli) for _ in range(5)]
-            wholes, piped = [], []
-            for _ in range(3):  # alternated: the host's drift hits both alike
-                wholes.append(first_line_and_total(daemon, cli)[1:])
-                piped.append(piped_disk_read(daemon, Path(tmp) / "rj.db", size))
+            database = Path(tmp) / "rj.db"
+            # (seconds, bytes) of each read, cold (from the disk) then warm (the page
+            # cache), alternated with the file's: the host's drift hits all alike.
+            reads: dict[str, list[tuple[float, int]]] = {}
+            for _ in range(3):
+                for name, read in (
+                    ("logs", lambda: first_line_and_total(daemon, cli)[1:]),
+                    ("file", lambda: file_read(daemon, database, size)),
+                ):
+                    evict(database)
+                    reads.setdefault(f"{name} cold", []).append(read())
+                    reads.setdefault(f"{name} warm", []).append(read())
+            rates = {name: [n / t / 2**20 for t, n in got] for name, got in reads.items()}
+            wholes = reads["logs warm"]
             whole, total = statistics.median(w for w, _ in wholes), wholes[0][1]
             tails = [first_line_and_total(daemon, [*cli, "--tail", "100"])[1] for _ in range(5)]
             api_tails = timed(lambda: drain(daemon.client.stream_logs(run_id, tail=100)), 50)
-            disk = [direct_read(Path(tmp) / "rj.db") for _ in range(3)]
-            store = statistics.median(sqlite_read(Path(tmp) / "rj.db", run_id) for _ in range(3))
+            disk = [direct_read(database) for _ in range(3)]
+            store = statistics.median(sqlite_read(database, run_id) for _ in range(3))
             short_size = size // 10 // SHORT_LINE * SHORT_LINE  # whole lines
             _, short_run = ringjobs_capture(daemon, short_size, SHORT_LINE)
             shorts = [first_line_and_total(daemon, [RINGJOBS, "logs", str(short_run)])[1:]]
@@ -301,15 +323,18 @@ def bench_logs(size: int, rounds: int, executable: str) -> None:
         "",
         "",
     )
-    pipe = statistics.median(piped)
-    row(
-        "the disk as a reader sees it: the same `dd` to a pipe read here, each after a "
-        "`logs RUN`, median of 3 (min, max)",
-        f"{total / whole / 2**20:.0f} MiB/s",
-        f"{pipe:.0f} MiB/s ({min(piped):.0f}, {max(piped):.0f})",
-        f"{total / whole / 2**20 / pipe:.2f}x",
-        "disk speed",
-    )
+    for state, how in (("cold", "after its pages are dropped from the page cache"), ("warm", "")):
+        logs, file = (statistics.median(rates[f"{name} {state}"]) for name in ("logs", "file"))
+        row(
+            f"`logs RUN` {state} {how} / the database file's first {size / 2**20:.0f} MiB "
+            f"by `head -c` into the same pipe, {state}, median of 3 (min, max)".replace("  ", " "),
+            f"{logs:.0f} MiB/s ({min(rates[f'logs {state}']):.0f}, "
+            f"{max(rates[f'logs {state}']):.0f})",
+            f"{file:.0f} MiB/s ({min(rates[f'file {state}']):.0f}, "
+            f"{max(rates[f'file {state}']):.0f})",
+            f"{logs / file:.2f}x",
+            "disk speed" if state == "cold" else "",
+        )
     row(
         "API: last 100 lines (`GET /v1/runs/ID/logs?tail=100`, all read), p50 / p95",
         f"{ms(percentile(api_tails, 0.5))} / {ms(percentile(api_tails, 0.95))}",
@@ -567,9 +592,10 @@ def timed(call: Callable[[], object], times: int) -> list[float]:
 
 class Prober:
     """Times one API call back to back (with `pause` between) while something else runs,
-    from a process of its own. Two probers as threads of one process timed each other's
-    waits for the GIL: in a trial, `apply` beside a thread calling `run inspect` had a
-    p99 / max of 56 / 68 ms, and from a process of its own 22 / 35 ms."""
+    from a process of its own. As threads of one process, two probers timed each other's
+    waits for the GIL: alternated on one daemon, no prune, 3 pairs of 15 s, `apply`
+    beside a thread calling `run inspect` had a p99 / max of 48-80 / 95-144 ms, and
+    from a process of its own 15-19 / 20-23 ms."""
 
     def __init__(self, socket_path: str, call: str, pause: float, runs: int = 0) -> None:
         context = multiprocessing.get_context("spawn")  # nothing of this process's state
