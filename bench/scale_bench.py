@@ -39,6 +39,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from multiprocessing.synchronize import Event
 from pathlib import Path
 
@@ -227,8 +228,44 @@ def first_line_and_total(daemon: Daemon, argv: list[str]) -> tuple[float, float,
     total = len(first)
     while chunk := proc.stdout.read(1 << 20):
         total += len(chunk)
-    proc.wait()
+    if proc.wait():
+        raise SystemExit(f"{argv[0]} exited with {proc.returncode} after {total} bytes")
     return first_at, time.perf_counter() - start, total
+
+
+def read_back(daemon: Daemon, cli: list[str], database: Path, size: int) -> dict[str, list[float]]:
+    """MiB/s of `cli` (`logs RUN` of a run of `size` bytes) and of `file_read`, each
+    cold (from the disk) then warm (the page cache), alternated three times: the host's
+    drift hits all alike. Keys: "logs cold", "logs warm", "file cold", "file warm"."""
+
+    def logs() -> tuple[float, int]:
+        _first, took, got = first_line_and_total(daemon, cli)
+        if got != size:
+            raise SystemExit(f"{' '.join(cli)} printed {got} bytes, not {size}")
+        return took, got
+
+    rates: dict[str, list[float]] = {}
+    for _ in range(3):
+        for name, read in (("logs", logs), ("file", partial(file_read, daemon, database, size))):
+            evict(database)
+            for state in ("cold", "warm"):
+                took, got = read()
+                rates.setdefault(f"{name} {state}", []).append(got / took / 2**20)
+    return rates
+
+
+def read_back_rows(rates: dict[str, list[float]], size: int) -> None:
+    for state, how in (("cold", "after its pages are dropped from the page cache"), ("warm", "")):
+        logs, file = rates[f"logs {state}"], rates[f"file {state}"]
+        label = f"`logs RUN` {state} {how}".rstrip()
+        row(
+            f"{label} / the database file's first {size / 2**20:.0f} MiB by `head -c` into "
+            f"the same pipe, {state}, median of 3 (min, max)",
+            f"{statistics.median(logs):.0f} MiB/s ({min(logs):.0f}, {max(logs):.0f})",
+            f"{statistics.median(file):.0f} MiB/s ({min(file):.0f}, {max(file):.0f})",
+            f"{statistics.median(logs) / statistics.median(file):.2f}x",
+            "disk speed" if state == "cold" else "",
+        )
 
 
 def bench_logs(size: int, rounds: int, executable: str) -> None:
@@ -246,20 +283,7 @@ def bench_logs(size: int, rounds: int, executable: str) -> None:
             cli = [RINGJOBS, "logs", str(run_id)]
             firsts = [first_line(daemon, cli) for _ in range(5)]
             database = Path(tmp) / "rj.db"
-            # (seconds, bytes) of each read, cold (from the disk) then warm (the page
-            # cache), alternated with the file's: the host's drift hits all alike.
-            reads: dict[str, list[tuple[float, int]]] = {}
-            for _ in range(3):
-                for name, read in (
-                    ("logs", lambda: first_line_and_total(daemon, cli)[1:]),
-                    ("file", lambda: file_read(daemon, database, size)),
-                ):
-                    evict(database)
-                    reads.setdefault(f"{name} cold", []).append(read())
-                    reads.setdefault(f"{name} warm", []).append(read())
-            rates = {name: [n / t / 2**20 for t, n in got] for name, got in reads.items()}
-            wholes = reads["logs warm"]
-            whole, total = statistics.median(w for w, _ in wholes), wholes[0][1]
+            rates = read_back(daemon, cli, database, size)
             tails = [first_line_and_total(daemon, [*cli, "--tail", "100"])[1] for _ in range(5)]
             api_tails = timed(lambda: drain(daemon.client.stream_logs(run_id, tail=100)), 50)
             disk = [direct_read(database) for _ in range(3)]
@@ -294,11 +318,12 @@ def bench_logs(size: int, rounds: int, executable: str) -> None:
         "",
         "< 100 ms",
     )
+    whole = statistics.median(rates["logs warm"])
     row(
-        "`logs RUN`: whole log, median of 3 / `docker logs` of a finished container",
-        f"{total / whole / 2**20:.0f} MiB/s",
+        "`logs RUN`: whole log (the warm reads below) / `docker logs` of a finished container",
+        f"{whole:.0f} MiB/s",
         f"{size / docker_read / 2**20:.0f} MiB/s",
-        f"{docker_read / whole * total / size:.2f}x",
+        f"{whole * docker_read * 2**20 / size:.2f}x",
         "",
     )
     short_whole, short_total = shorts[0]
@@ -313,7 +338,7 @@ def bench_logs(size: int, rounds: int, executable: str) -> None:
         "SQLite alone: the run's lines fetched in Python, nothing sent, median of 3",
         f"{store:.0f} MiB/s",
         "",
-        f"{total / whole / 2**20 / store:.2f}x",
+        f"{whole / store:.2f}x",
         "",
     )
     row(
@@ -323,18 +348,7 @@ def bench_logs(size: int, rounds: int, executable: str) -> None:
         "",
         "",
     )
-    for state, how in (("cold", "after its pages are dropped from the page cache"), ("warm", "")):
-        logs, file = (statistics.median(rates[f"{name} {state}"]) for name in ("logs", "file"))
-        row(
-            f"`logs RUN` {state} {how} / the database file's first {size / 2**20:.0f} MiB "
-            f"by `head -c` into the same pipe, {state}, median of 3 (min, max)".replace("  ", " "),
-            f"{logs:.0f} MiB/s ({min(rates[f'logs {state}']):.0f}, "
-            f"{max(rates[f'logs {state}']):.0f})",
-            f"{file:.0f} MiB/s ({min(rates[f'file {state}']):.0f}, "
-            f"{max(rates[f'file {state}']):.0f})",
-            f"{logs / file:.2f}x",
-            "disk speed" if state == "cold" else "",
-        )
+    read_back_rows(rates, size)
     row(
         "API: last 100 lines (`GET /v1/runs/ID/logs?tail=100`, all read), p50 / p95",
         f"{ms(percentile(api_tails, 0.5))} / {ms(percentile(api_tails, 0.95))}",
@@ -592,29 +606,50 @@ def timed(call: Callable[[], object], times: int) -> list[float]:
 
 class Prober:
     """Times one API call back to back (with `pause` between) while something else runs,
-    from a process of its own. As threads of one process, two probers timed each other's
-    waits for the GIL: alternated on one daemon, no prune, 3 pairs of 15 s, `apply`
-    beside a thread calling `run inspect` had a p99 / max of 48-80 / 95-144 ms, and
-    from a process of its own 15-19 / 20-23 ms."""
+    from a process of its own. As threads of one process, two probers' timings went up
+    together (most likely each waiting for the GIL while the other held it): alternated
+    on one daemon, no prune, 3 pairs of 15 s, `apply` beside a thread calling `run
+    inspect` had a p99 / max of 48-80 / 95-144 ms, and from a process of its own 15-19 /
+    20-23 ms. Use `start_all` and `finish_all`."""
 
     def __init__(self, socket_path: str, call: str, pause: float, runs: int = 0) -> None:
         context = multiprocessing.get_context("spawn")  # nothing of this process's state
-        self.stop = context.Event()
-        self._ready = context.Event()
-        self._out: multiprocessing.SimpleQueue[list[float]] = context.SimpleQueue()
-        args = (socket_path, call, runs, pause, self.stop, self._ready, self._out)
+        self.stop, self._ready, self._go = context.Event(), context.Event(), context.Event()
+        self._out: multiprocessing.SimpleQueue[tuple[list[float], str]] = context.SimpleQueue()
+        args = (socket_path, call, runs, pause, self._ready, self._go, self.stop, self._out)
         self._process = context.Process(target=_probe, args=args, daemon=True)
         self.samples: list[float] = []
 
-    def start(self) -> None:
-        self._process.start()
-        if not self._ready.wait(30):  # its imports and client made before the clock runs
-            raise SystemExit(f"a prober did not start (exit code {self._process.exitcode})")
+    @staticmethod
+    def start_all(probers: list[Prober]) -> None:
+        """Start them, and let them call once every one is ready: none times its calls
+        while another is still starting (importing, on the same two cores)."""
+        for prober in probers:
+            prober._process.start()
+        deadline = time.monotonic() + 30
+        for prober in probers:
+            while not prober._ready.wait(0.1):
+                if not prober._process.is_alive() or time.monotonic() > deadline:
+                    raise SystemExit(f"a prober did not start ({prober._process.exitcode})")
+        for prober in probers:
+            prober._go.set()
 
-    def finish(self) -> None:
-        self.stop.set()
-        self.samples = self._out.get()
+    @staticmethod
+    def finish_all(probers: list[Prober]) -> None:
+        for prober in probers:
+            prober.stop.set()
+        for prober in probers:
+            prober._finish()
+
+    def _finish(self) -> None:
+        while self._out.empty():  # a process that died sends nothing: do not wait for it
+            if not self._process.is_alive() and self._out.empty():
+                raise SystemExit(f"a prober died (exit code {self._process.exitcode})")
+            time.sleep(0.05)
+        self.samples, error = self._out.get()
         self._process.join()
+        if error:
+            raise SystemExit(f"a prober's call failed: {error}")
 
 
 def _probe(
@@ -622,21 +657,28 @@ def _probe(
     call: str,
     runs: int,
     pause: float,
-    stop: Event,
     ready: Event,
-    out: multiprocessing.SimpleQueue[list[float]],
+    go: Event,
+    stop: Event,
+    out: multiprocessing.SimpleQueue[tuple[list[float], str]],
 ) -> None:
-    """A Prober's process: `call` until `stop`, then its samples to `out`."""
+    """A Prober's process: `call` from `go` until `stop`, then its samples to `out`, and
+    what failed if a call did (the benchmark then stops: a failed call is a finding)."""
     client = Client(socket_path, retry_for=0)
     timed_call = inspect_call(runs) if call == "inspect" else apply_call()
     samples: list[float] = []
+    error = ""
     ready.set()
-    while not stop.is_set():
-        start = time.perf_counter()
-        timed_call(client)
-        samples.append(time.perf_counter() - start)
-        stop.wait(pause)
-    out.put(samples)
+    go.wait()
+    try:
+        while not stop.is_set():
+            start = time.perf_counter()
+            timed_call(client)
+            samples.append(time.perf_counter() - start)
+            stop.wait(pause)
+    except Exception as exc:  # sent, not raised: the parent reports it
+        error = f"{type(exc).__name__}: {exc}"
+    out.put((samples, error))
 
 
 def inspect_call(run_ids: int) -> Callable[[Client], object]:
@@ -685,24 +727,20 @@ def measure_prune(
     daemon: Daemon, database: Path, cut: datetime, probers: list[Prober]
 ) -> PruneFigures:
     before = db_bytes(database)
-    for prober in probers:
-        prober.start()
+    Prober.start_all(probers)
     start = time.perf_counter()
     age = int((datetime.now(UTC) - cut).total_seconds())
     result = daemon.client.prune_namespace(NAMESPACE, older_than=f"{age}s")
     seconds = time.perf_counter() - start
-    for prober in probers:
-        prober.finish()
+    Prober.finish_all(probers)
     removed = len(result.get("run_ids") or [])
     return PruneFigures(removed, seconds, probers, before, db_bytes(database))
 
 
 def run_for(probers: list[Prober], seconds: float) -> None:
-    for prober in probers:
-        prober.start()
+    Prober.start_all(probers)
     time.sleep(seconds)
-    for prober in probers:
-        prober.finish()
+    Prober.finish_all(probers)
 
 
 def bench_history(runs: int, lines_per_run: int, idle_seconds: float, executable: str) -> None:
