@@ -279,10 +279,10 @@ def bench_logs(size: int, rounds: int, executable: str) -> None:
                 elapsed, run_id = ringjobs_capture(daemon, size)
                 rj_times.append(elapsed)
             peak = status_kb(daemon.proc.pid, "VmHWM")
-            db_size = sum(p.stat().st_size for p in Path(tmp).glob("rj.db*"))
+            database = Path(tmp) / "rj.db"
+            db_size = db_bytes(database)
             cli = [RINGJOBS, "logs", str(run_id)]
             firsts = [first_line(daemon, cli) for _ in range(5)]
-            database = Path(tmp) / "rj.db"
             rates = read_back(daemon, cli, database, size)
             tails = [first_line_and_total(daemon, [*cli, "--tail", "100"])[1] for _ in range(5)]
             api_tails = timed(lambda: drain(daemon.client.stream_logs(run_id, tail=100)), 50)
@@ -614,9 +614,9 @@ class Prober:
 
     def __init__(self, socket_path: str, call: str, pause: float, runs: int = 0) -> None:
         context = multiprocessing.get_context("spawn")  # nothing of this process's state
-        self.stop, self._ready, self._go = context.Event(), context.Event(), context.Event()
+        self._stop, self._ready, self._go = context.Event(), context.Event(), context.Event()
         self._out: multiprocessing.SimpleQueue[tuple[list[float], str]] = context.SimpleQueue()
-        args = (socket_path, call, runs, pause, self._ready, self._go, self.stop, self._out)
+        args = (socket_path, call, runs, pause, self._ready, self._go, self._stop, self._out)
         self._process = context.Process(target=_probe, args=args, daemon=True)
         self.samples: list[float] = []
 
@@ -637,7 +637,7 @@ class Prober:
     @staticmethod
     def finish_all(probers: list[Prober]) -> None:
         for prober in probers:
-            prober.stop.set()
+            prober._stop.set()
         for prober in probers:
             prober._finish()
 
