@@ -5,7 +5,9 @@
 - logs: a job writes SIZE bytes to stdout in 4 KiB lines. ringjobs stores all of it
   (its byte cap is raised above SIZE for this); the baseline is `docker logs --follow`
   of the same container command, drained into `wc -c`. Also: the daemon's peak RSS,
-  and reading that run back (first line, whole log, `--tail 100`).
+  and reading that run back (first line, whole log, `--tail 100`), cold and warm
+  beside `head -c` of the database file, and cold again with the disk held to a VPS's
+  rate (disk_limit; root and cgroup v1's blkio).
 - history: a database of RUNS runs and 10 log lines each, written directly with the
   store's schema. `run list -n NS --job J` and `run inspect` through the API (p50/p95),
   the CLI's `run list` wall time, then `namespace prune --older-than` of a tenth of
@@ -44,6 +46,7 @@ from multiprocessing.synchronize import Event
 from pathlib import Path
 
 import docker
+from disk_limit import DiskLimitUnavailable, limited_disk, readahead
 from run_bench import (
     IMAGE,
     RINGJOBS,
@@ -63,6 +66,9 @@ NAMESPACE = "scale-bench"
 LINE = 4096  # bytes per line, newline included
 SHORT_LINE = 100  # the same, for the read of many short lines
 JOBS = 100
+DISK_LIMITS = (250, 500)  # MiB/s: a VPS's disk (AWS gp3: 125 to 1,000), see disk_limit
+READAHEADS = (128, None)  # KiB: the kernel's default, and the disk's own (this VM: 8 MiB)
+Reader = Callable[[], tuple[float, int]]  # (seconds, bytes) of one read, checked
 
 
 def generator(size: int, line: int = LINE) -> list[str]:
@@ -233,25 +239,94 @@ def first_line_and_total(daemon: Daemon, argv: list[str]) -> tuple[float, float,
     return first_at, time.perf_counter() - start, total
 
 
+def logs_read(daemon: Daemon, cli: list[str], size: int) -> tuple[float, int]:
+    """(seconds, bytes) of `cli`, `logs RUN` of a run of `size` bytes, read to its end."""
+    _first, took, got = first_line_and_total(daemon, cli)
+    if got != size:
+        raise SystemExit(f"{' '.join(cli)} printed {got} bytes, not {size}")
+    return took, got
+
+
+def readers(daemon: Daemon, cli: list[str], database: Path, size: int) -> dict[str, Reader]:
+    """`logs RUN` and, as its baseline, `file_read` of as many of the database's bytes."""
+    return {
+        "logs": partial(logs_read, daemon, cli, size),
+        "file": partial(file_read, daemon, database, size),
+    }
+
+
 def read_back(daemon: Daemon, cli: list[str], database: Path, size: int) -> dict[str, list[float]]:
     """MiB/s of `cli` (`logs RUN` of a run of `size` bytes) and of `file_read`, each
     cold (from the disk) then warm (the page cache), alternated three times: the host's
     drift hits all alike. Keys: "logs cold", "logs warm", "file cold", "file warm"."""
-
-    def logs() -> tuple[float, int]:
-        _first, took, got = first_line_and_total(daemon, cli)
-        if got != size:
-            raise SystemExit(f"{' '.join(cli)} printed {got} bytes, not {size}")
-        return took, got
-
     rates: dict[str, list[float]] = {}
     for _ in range(3):
-        for name, read in (("logs", logs), ("file", partial(file_read, daemon, database, size))):
+        for name, read in readers(daemon, cli, database, size).items():
             evict(database)
             for state in ("cold", "warm"):
                 took, got = read()
                 rates.setdefault(f"{name} {state}", []).append(got / took / 2**20)
     return rates
+
+
+@dataclass
+class LimitedRead:
+    """One read with the disk limited: bytes out through the pipe and from the disk."""
+
+    seconds: float
+    out: int
+    disk: int
+
+
+def limited_reads(
+    daemon: Daemon, cli: list[str], database: Path, size: int
+) -> dict[tuple[int, int, str], list[LimitedRead]] | str:
+    """`read_back`'s cold reads again, with the daemon's and this process's reads (and
+    those of the CLI and `head` they start) held to each of DISK_LIMITS in turn, with
+    each of READAHEADS, three times each. Keys: (readahead KiB, limit, "logs" or
+    "file"). A str says why it could not be done."""
+    reads: dict[tuple[int, int, str], list[LimitedRead]] = {}
+    pids = [os.getpid(), daemon.proc.pid]
+    try:
+        for kib in READAHEADS:
+            for limit in DISK_LIMITS:
+                with readahead(database, kib) as ra, limited_disk(database, limit, pids) as disk:
+                    for _ in range(3):
+                        for name, read in readers(daemon, cli, database, size).items():
+                            evict(database)
+                            before = disk()
+                            took, got = read()
+                            done = LimitedRead(took, got, disk() - before)
+                            reads.setdefault((ra, limit, name), []).append(done)
+    except DiskLimitUnavailable as exc:
+        return str(exc)
+    return reads
+
+
+def limited_read_rows(reads: dict[tuple[int, int, str], list[LimitedRead]] | str) -> None:
+    if isinstance(reads, str):
+        row("`logs RUN` cold with the disk limited to a VPS's speed", f"not measured: {reads}")
+        return
+    for ra, limit in dict.fromkeys(key[:2] for key in reads):
+        logs, file = reads[ra, limit, "logs"], reads[ra, limit, "file"]
+        out = {name: median_rate(r, "out") for name, r in (("logs", logs), ("file", file))}
+        disk = {name: median_rate(r, "disk") for name, r in (("logs", logs), ("file", file))}
+        row(
+            f"`logs RUN` cold, the disk limited to {limit} MiB/s (cgroup blkio), readahead "
+            f"{ra} KiB / `head -c` as above, the same disk, median of 3: out through the "
+            "pipe; read from the disk",
+            f"{out['logs']:.0f} MiB/s; {disk['logs']:.0f} MiB/s "
+            f"({statistics.median(read.disk for read in logs) / 2**20:.0f} MiB)",
+            f"{out['file']:.0f} MiB/s; {disk['file']:.0f} MiB/s",
+            f"{out['logs'] / out['file']:.2f}x out; "
+            f"{disk['logs'] / disk['file']:.2f}x of the disk's rate",
+            "disk speed",
+        )
+
+
+def median_rate(reads: list[LimitedRead], what: str) -> float:
+    """MiB/s of bytes `what` ("out" or "disk"), the median of `reads`."""
+    return statistics.median(getattr(read, what) / read.seconds for read in reads) / 2**20
 
 
 def read_back_rows(rates: dict[str, list[float]], size: int) -> None:
@@ -284,6 +359,7 @@ def bench_logs(size: int, rounds: int, executable: str) -> None:
             cli = [RINGJOBS, "logs", str(run_id)]
             firsts = [first_line(daemon, cli) for _ in range(5)]
             rates = read_back(daemon, cli, database, size)
+            limited = limited_reads(daemon, cli, database, size)
             tails = [first_line_and_total(daemon, [*cli, "--tail", "100"])[1] for _ in range(5)]
             api_tails = timed(lambda: drain(daemon.client.stream_logs(run_id, tail=100)), 50)
             disk = [direct_read(database) for _ in range(3)]
@@ -349,6 +425,7 @@ def bench_logs(size: int, rounds: int, executable: str) -> None:
         "",
     )
     read_back_rows(rates, size)
+    limited_read_rows(limited)
     row(
         "API: last 100 lines (`GET /v1/runs/ID/logs?tail=100`, all read), p50 / p95",
         f"{ms(percentile(api_tails, 0.5))} / {ms(percentile(api_tails, 0.95))}",
