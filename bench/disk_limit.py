@@ -63,20 +63,24 @@ def _home(pid: int) -> Path:
     raise DiskLimitUnavailable(f"process {pid} is in no blkio cgroup (cgroup v2 only?)")
 
 
-def _bytes_read(group: Path, device: str) -> int:
-    for line in (group / "blkio.throttle.io_service_bytes").read_text().splitlines():
-        fields = line.split()
-        if fields[:2] == [device, "Read"]:
-            return int(fields[2])
-    return 0  # no read from that disk yet
+def _reads(group: Path, device: str) -> tuple[int, int]:
+    """(bytes, requests) the cgroup has read from `device` so far."""
+    counts = []
+    for kind in ("io_service_bytes", "io_serviced"):
+        lines = (group / f"blkio.throttle.{kind}").read_text().splitlines()
+        fields = [line.split() for line in lines]
+        counts.append(sum(int(f[2]) for f in fields if f[:2] == [device, "Read"]))
+    return counts[0], counts[1]
 
 
 @contextlib.contextmanager
-def limited_disk(path: Path, mib_per_s: int, pids: list[int]) -> Iterator[Callable[[], int]]:
+def limited_disk(
+    path: Path, mib_per_s: int, pids: list[int]
+) -> Iterator[Callable[[], tuple[int, int]]]:
     """Reads from `path`'s disk by `pids`, and by the processes they start meanwhile, go
     at most `mib_per_s` MiB/s. Yields a function giving the bytes they have read from
-    that disk so far (at the throttle, so readahead counts, the page cache does not).
-    Each pid goes back to its own cgroup after."""
+    that disk so far, and in how many requests (at the throttle, so readahead counts,
+    the page cache does not). Each pid goes back to its own cgroup after."""
     if not (BLKIO / "blkio.throttle.read_bps_device").exists():
         raise DiskLimitUnavailable(f"no cgroup v1 blkio controller at {BLKIO}")
     device = (whole_disk(path) / "dev").read_text().strip()
@@ -91,7 +95,7 @@ def limited_disk(path: Path, mib_per_s: int, pids: list[int]) -> Iterator[Callab
         try:
             for pid in pids:
                 (group / "cgroup.procs").write_text(f"{pid}\n")
-            yield lambda: _bytes_read(group, device)
+            yield lambda: _reads(group, device)
         finally:
             for pid, home in homes.items():
                 with contextlib.suppress(ProcessLookupError):  # it ended meanwhile

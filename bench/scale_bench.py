@@ -276,34 +276,55 @@ class LimitedRead:
     seconds: float
     out: int
     disk: int
+    requests: int  # of the disk
 
 
-def limited_reads(
-    daemon: Daemon, cli: list[str], database: Path, size: int
-) -> dict[tuple[int, int, str], list[LimitedRead]] | str:
-    """`read_back`'s cold reads again, with the daemon's and this process's reads (and
-    those of the CLI and `head` they start) held to each of DISK_LIMITS in turn, with
-    each of READAHEADS, three times each. Keys: (readahead KiB, limit, "logs" or
-    "file"). A str says why it could not be done."""
-    reads: dict[tuple[int, int, str], list[LimitedRead]] = {}
-    pids = [os.getpid(), daemon.proc.pid]
+LimitedReads = dict[tuple[int, int, str], list[LimitedRead]]  # (readahead, limit, reader)
+
+
+def limited_reads(size: int, executable: str) -> LimitedReads | str:
+    """`read_back`'s cold reads of a run of `size` bytes again, with the daemon's and this
+    process's reads (and those of the CLI and `head` they start) held to each of
+    DISK_LIMITS in turn, three times each, for each of READAHEADS. Keys: (readahead KiB,
+    limit, "logs" or "file"). A str says why it could not be done.
+
+    Each readahead has a daemon of its own, started once it is set: a file keeps the
+    readahead it was opened with, and SQLite keeps a closed connection's descriptor for
+    the next one (while the process holds locks on the file). With one daemon throughout,
+    started before, the disk saw requests of 3 MiB where 128 KiB was set."""
+    reads: LimitedReads = {}
     try:
         for kib in READAHEADS:
-            for limit in DISK_LIMITS:
-                with readahead(database, kib) as ra, limited_disk(database, limit, pids) as disk:
-                    for _ in range(3):
-                        for name, read in readers(daemon, cli, database, size).items():
-                            evict(database)
-                            before = disk()
-                            took, got = read()
-                            done = LimitedRead(took, got, disk() - before)
-                            reads.setdefault((ra, limit, name), []).append(done)
+            with (
+                tempfile.TemporaryDirectory(prefix="rj-scale-") as tmp,
+                readahead(Path(tmp), kib) as ra,
+                running_daemon(Path(tmp), executable, logs=raised_cap(size)) as daemon,
+            ):
+                _, run_id = ringjobs_capture(daemon, size)
+                cli, database = [RINGJOBS, "logs", str(run_id)], Path(tmp) / "rj.db"
+                for limit in DISK_LIMITS:
+                    with limited_disk(database, limit, [os.getpid(), daemon.proc.pid]) as disk:
+                        for _ in range(3):
+                            for name, read in readers(daemon, cli, database, size).items():
+                                evict(database)
+                                (bytes_before, requests_before) = disk()
+                                took, got = read()
+                                (bytes_after, requests_after) = disk()
+                                disk_bytes = bytes_after - bytes_before
+                                requests = requests_after - requests_before
+                                done = LimitedRead(took, got, disk_bytes, requests)
+                                reads.setdefault((ra, limit, name), []).append(done)
     except DiskLimitUnavailable as exc:
         return str(exc)
     return reads
 
 
-def limited_read_rows(reads: dict[tuple[int, int, str], list[LimitedRead]] | str) -> None:
+def raised_cap(size: int) -> dict[str, str]:
+    """The daemon's `logs` settings for runs of `size` bytes kept whole."""
+    return {"max_bytes_per_run": f"{size + (1 << 20)}"}
+
+
+def limited_read_rows(reads: LimitedReads | str) -> None:
     if isinstance(reads, str):
         row("`logs RUN` cold with the disk limited to a VPS's speed", f"not measured: {reads}")
         return
@@ -315,13 +336,19 @@ def limited_read_rows(reads: dict[tuple[int, int, str], list[LimitedRead]] | str
             f"`logs RUN` cold, the disk limited to {limit} MiB/s (cgroup blkio), readahead "
             f"{ra} KiB / `head -c` as above, the same disk, median of 3: out through the "
             "pipe; read from the disk",
-            f"{out['logs']:.0f} MiB/s; {disk['logs']:.0f} MiB/s "
-            f"({statistics.median(read.disk for read in logs) / 2**20:.0f} MiB)",
-            f"{out['file']:.0f} MiB/s; {disk['file']:.0f} MiB/s",
+            f"{out['logs']:.0f} MiB/s; {disk['logs']:.0f} MiB/s ({disk_read(logs)})",
+            f"{out['file']:.0f} MiB/s; {disk['file']:.0f} MiB/s ({disk_read(file)})",
             f"{out['logs'] / out['file']:.2f}x out; "
             f"{disk['logs'] / disk['file']:.2f}x of the disk's rate",
             "disk speed",
         )
+
+
+def disk_read(reads: list[LimitedRead]) -> str:
+    """The bytes of the median read from the disk, and the size of its requests."""
+    middle = sorted(reads, key=lambda read: read.disk)[len(reads) // 2]
+    size = middle.disk / max(middle.requests, 1) / 1024
+    return f"{middle.disk / 2**20:.0f} MiB in requests of {size:.0f} KiB on average"
 
 
 def median_rate(reads: list[LimitedRead], what: str) -> float:
@@ -346,8 +373,7 @@ def read_back_rows(rates: dict[str, list[float]], size: int) -> None:
 def bench_logs(size: int, rounds: int, executable: str) -> None:
     docker_times, rj_times, run_id = [], [], 0
     with tempfile.TemporaryDirectory(prefix="rj-scale-") as tmp:
-        cap = f"{size + (1 << 20)}"
-        with running_daemon(Path(tmp), executable, logs={"max_bytes_per_run": cap}) as daemon:
+        with running_daemon(Path(tmp), executable, logs=raised_cap(size)) as daemon:
             baseline_rss = status_kb(daemon.proc.pid, "VmRSS")
             for _ in range(rounds):  # interleaved: engine drift hits both alike
                 docker_times.append(docker_drain(size))
@@ -359,7 +385,6 @@ def bench_logs(size: int, rounds: int, executable: str) -> None:
             cli = [RINGJOBS, "logs", str(run_id)]
             firsts = [first_line(daemon, cli) for _ in range(5)]
             rates = read_back(daemon, cli, database, size)
-            limited = limited_reads(daemon, cli, database, size)
             tails = [first_line_and_total(daemon, [*cli, "--tail", "100"])[1] for _ in range(5)]
             api_tails = timed(lambda: drain(daemon.client.stream_logs(run_id, tail=100)), 50)
             disk = [direct_read(database) for _ in range(3)]
@@ -367,6 +392,7 @@ def bench_logs(size: int, rounds: int, executable: str) -> None:
             short_size = size // 10 // SHORT_LINE * SHORT_LINE  # whole lines
             _, short_run = ringjobs_capture(daemon, short_size, SHORT_LINE)
             shorts = [first_line_and_total(daemon, [RINGJOBS, "logs", str(short_run)])[1:]]
+    limited = limited_reads(size, executable)
     docker_read = statistics.median(docker_reads(size, 3))
     docker_short = docker_reads(short_size, 1, SHORT_LINE)[0]  # ~15 s for 100 MB here
     d, r = statistics.median(docker_times), statistics.median(rj_times)
