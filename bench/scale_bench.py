@@ -33,9 +33,11 @@ import json
 import multiprocessing
 import os
 import random
+import signal
 import sqlite3
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -46,7 +48,14 @@ from multiprocessing.synchronize import Event
 from pathlib import Path
 
 import docker
-from disk_limit import DiskLimitUnavailable, limited_disk, readahead
+from disk_limit import (
+    KERNEL_READAHEAD_KIB,
+    DiskLimitUnavailable,
+    check_available,
+    limited_disk,
+    readahead,
+    stale_groups_removed,
+)
 from run_bench import (
     IMAGE,
     RINGJOBS,
@@ -67,7 +76,6 @@ LINE = 4096  # bytes per line, newline included
 SHORT_LINE = 100  # the same, for the read of many short lines
 JOBS = 100
 DISK_LIMITS = (250, 500)  # MiB/s: a VPS's disk (AWS gp3: 125 to 1,000), see disk_limit
-READAHEADS = (128, None)  # KiB: the kernel's default, and the disk's own (this VM: 8 MiB)
 Reader = Callable[[], tuple[float, int]]  # (seconds, bytes) of one read, checked
 
 
@@ -276,47 +284,57 @@ class LimitedRead:
     seconds: float
     out: int
     disk: int
-    requests: int  # of the disk
+    bios: int  # the disk's reads as submitted, before the block layer merges them
 
 
 LimitedReads = dict[tuple[int, int, str], list[LimitedRead]]  # (readahead, limit, reader)
 
 
-def limited_reads(size: int, executable: str) -> LimitedReads | str:
-    """`read_back`'s cold reads of a run of `size` bytes again, with the daemon's and this
-    process's reads (and those of the CLI and `head` they start) held to each of
-    DISK_LIMITS in turn, three times each, for each of READAHEADS. Keys: (readahead KiB,
-    limit, "logs" or "file"). A str says why it could not be done.
+def limited_reads(size: int, executable: str) -> LimitedReads:
+    """`read_back`'s cold reads of a run of `size` bytes again, with the disk held to
+    each of DISK_LIMITS in turn, three times each, with the kernel's default readahead
+    and then the disk's own (if another). Keys: (readahead KiB, limit, "logs" or
+    "file"). DiskLimitUnavailable, raised before any work, says why it cannot be done.
 
-    Each readahead has a daemon of its own, started once it is set: a file keeps the
-    readahead it was opened with, and SQLite keeps a closed connection's descriptor for
-    the next one (while the process holds locks on the file). With one daemon throughout,
-    started before, the disk saw requests of 3 MiB where 128 KiB was set."""
+    Each readahead has a daemon of its own, on a database of its own holding that one
+    run, started once the readahead is set: a file keeps the readahead it was opened
+    with, and SQLite keeps a closed connection's descriptor for the next one (while the
+    process holds locks on the file). With one daemon throughout, started before, the
+    disk saw requests of 3 MiB where 128 KiB was set."""
+    own = check_available(Path(tempfile.gettempdir()))
+    for group in stale_groups_removed():
+        print(f"removed the cgroup {group}, left by a benchmark that was killed")
     reads: LimitedReads = {}
-    try:
-        for kib in READAHEADS:
-            with (
-                tempfile.TemporaryDirectory(prefix="rj-scale-") as tmp,
-                readahead(Path(tmp), kib) as ra,
-                running_daemon(Path(tmp), executable, logs=raised_cap(size)) as daemon,
-            ):
-                _, run_id = ringjobs_capture(daemon, size)
-                cli, database = [RINGJOBS, "logs", str(run_id)], Path(tmp) / "rj.db"
-                for limit in DISK_LIMITS:
-                    with limited_disk(database, limit, [os.getpid(), daemon.proc.pid]) as disk:
-                        for _ in range(3):
-                            for name, read in readers(daemon, cli, database, size).items():
-                                evict(database)
-                                (bytes_before, requests_before) = disk()
-                                took, got = read()
-                                (bytes_after, requests_after) = disk()
-                                disk_bytes = bytes_after - bytes_before
-                                requests = requests_after - requests_before
-                                done = LimitedRead(took, got, disk_bytes, requests)
-                                reads.setdefault((ra, limit, name), []).append(done)
-    except DiskLimitUnavailable as exc:
-        return str(exc)
+    for kib in dict.fromkeys((KERNEL_READAHEAD_KIB, own)):
+        with (
+            tempfile.TemporaryDirectory(prefix="rj-scale-") as tmp,
+            readahead(Path(tmp), kib),
+            running_daemon(Path(tmp), executable, logs=raised_cap(size)) as daemon,
+        ):
+            _, run_id = ringjobs_capture(daemon, size)
+            cli, database = [RINGJOBS, "logs", str(run_id)], Path(tmp) / "rj.db"
+            for limit in DISK_LIMITS:
+                for name, done in limited_rounds(daemon, cli, database, size, limit).items():
+                    reads[kib, limit, name] = done
     return reads
+
+
+def limited_rounds(
+    daemon: Daemon, cli: list[str], database: Path, size: int, limit: int
+) -> dict[str, list[LimitedRead]]:
+    """Three rounds of `readers`, each cold, with the daemon's and this process's reads
+    (and those of the CLI and `head` they start) held to `limit` MiB/s."""
+    rounds: dict[str, list[LimitedRead]] = {}
+    with limited_disk(database, limit, [os.getpid(), daemon.proc.pid]) as disk_reads:
+        for _ in range(3):
+            for name, read in readers(daemon, cli, database, size).items():
+                evict(database)
+                bytes_before, bios_before = disk_reads()
+                took, got = read()
+                bytes_after, bios_after = disk_reads()
+                done = LimitedRead(took, got, bytes_after - bytes_before, bios_after - bios_before)
+                rounds.setdefault(name, []).append(done)
+    return rounds
 
 
 def raised_cap(size: int) -> dict[str, str]:
@@ -324,8 +342,8 @@ def raised_cap(size: int) -> dict[str, str]:
     return {"max_bytes_per_run": f"{size + (1 << 20)}"}
 
 
-def limited_read_rows(reads: LimitedReads | str) -> None:
-    if isinstance(reads, str):
+def limited_read_rows(reads: LimitedReads | DiskLimitUnavailable) -> None:
+    if isinstance(reads, DiskLimitUnavailable):
         row("`logs RUN` cold with the disk limited to a VPS's speed", f"not measured: {reads}")
         return
     for ra, limit in dict.fromkeys(key[:2] for key in reads):
@@ -334,7 +352,8 @@ def limited_read_rows(reads: LimitedReads | str) -> None:
         disk = {name: median_rate(r, "disk") for name, r in (("logs", logs), ("file", file))}
         row(
             f"`logs RUN` cold, the disk limited to {limit} MiB/s (cgroup blkio), readahead "
-            f"{ra} KiB / `head -c` as above, the same disk, median of 3: out through the "
+            f"{ra} KiB: a run of the same size on a daemon and database of their own / "
+            "`head -c` of that database file, the same disk, median of 3: out through the "
             "pipe; read from the disk",
             f"{out['logs']:.0f} MiB/s; {disk['logs']:.0f} MiB/s ({disk_read(logs)})",
             f"{out['file']:.0f} MiB/s; {disk['file']:.0f} MiB/s ({disk_read(file)})",
@@ -345,10 +364,10 @@ def limited_read_rows(reads: LimitedReads | str) -> None:
 
 
 def disk_read(reads: list[LimitedRead]) -> str:
-    """The bytes of the median read from the disk, and the size of its requests."""
+    """The bytes of the median read from the disk, and the size of its bios."""
     middle = sorted(reads, key=lambda read: read.disk)[len(reads) // 2]
-    size = middle.disk / max(middle.requests, 1) / 1024
-    return f"{middle.disk / 2**20:.0f} MiB in requests of {size:.0f} KiB on average"
+    size = middle.disk / max(middle.bios, 1) / 1024
+    return f"{middle.disk / 2**20:.0f} MiB in bios of {size:.0f} KiB on average"
 
 
 def median_rate(reads: list[LimitedRead], what: str) -> float:
@@ -392,7 +411,11 @@ def bench_logs(size: int, rounds: int, executable: str) -> None:
             short_size = size // 10 // SHORT_LINE * SHORT_LINE  # whole lines
             _, short_run = ringjobs_capture(daemon, short_size, SHORT_LINE)
             shorts = [first_line_and_total(daemon, [RINGJOBS, "logs", str(short_run)])[1:]]
-    limited = limited_reads(size, executable)
+    limited: LimitedReads | DiskLimitUnavailable
+    try:
+        limited = limited_reads(size, executable)
+    except DiskLimitUnavailable as exc:
+        limited = exc
     docker_read = statistics.median(docker_reads(size, 3))
     docker_short = docker_reads(short_size, 1, SHORT_LINE)[0]  # ~15 s for 100 MB here
     d, r = statistics.median(docker_times), statistics.median(rj_times)
@@ -983,6 +1006,8 @@ def main() -> None:
         "--only", default="logs,history,overhead", help="logs, history and/or overhead"
     )
     args = parser.parse_args()
+    # SIGTERM unwinds like Ctrl-C: the readahead and cgroups changed are set back.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     only = set(args.only.split(","))
     # The daemon as installed (runtime dependencies only); the CLI is stdlib-only anyway.
     daemon = runtime_only_ringjobs()
