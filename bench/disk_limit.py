@@ -45,6 +45,10 @@ def whole_disk(path: Path) -> Path:
     return node
 
 
+def _readahead_setting(path: Path) -> Path:
+    return whole_disk(path) / "queue" / "read_ahead_kb"
+
+
 def check_available(path: Path) -> int:
     """Raise DiskLimitUnavailable unless `path`'s disk can be limited and its readahead
     set here (before minutes of work that would be wasted); the disk's readahead in KiB."""
@@ -53,7 +57,7 @@ def check_available(path: Path) -> int:
             f"no cgroup v1 blkio controller at {BLKIO} (a cgroup v2 host: its io.max is "
             "not handled by this benchmark)"
         )
-    setting = whole_disk(path) / "queue" / "read_ahead_kb"
+    setting = _readahead_setting(path)
     if not os.access(BLKIO, os.W_OK) or not os.access(setting, os.W_OK):
         raise DiskLimitUnavailable(f"cannot write {BLKIO} or {setting}: run it as root")
     return int(setting.read_text())
@@ -76,7 +80,7 @@ def stale_groups_removed() -> list[str]:
 def readahead(path: Path, kib: int) -> Iterator[None]:
     """The readahead of `path`'s disk set to `kib` KiB meanwhile, then set back. A file
     keeps the readahead in force when it was opened: open the files to measure inside."""
-    setting = whole_disk(path) / "queue" / "read_ahead_kb"
+    setting = _readahead_setting(path)
     before = int(setting.read_text())
     _write(setting, f"{kib}\n")
     try:

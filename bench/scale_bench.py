@@ -172,23 +172,12 @@ def evict(database: Path) -> None:
     """Drop the database's pages (and its WAL's) from the page cache, and only theirs:
     the next read of them comes from the disk (POSIX_FADV_DONTNEED, once synced)."""
     os.sync()
-    for path in database.parent.glob(database.name + "*"):
+    for path in database_files(database):
         fd = os.open(path, os.O_RDONLY)
         try:
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
         finally:
             os.close(fd)
-
-
-def file_read(daemon: Daemon, path: Path, size: int) -> tuple[float, int]:
-    """(seconds, bytes) of `head -c` writing the first `size` bytes of `path` into a pipe
-    read by this process, as `ringjobs logs` output is: the same pipe and reader, with
-    nothing but a file's bytes behind them. (In a trial from the page cache, `dd` into
-    that pipe went at 0.7-1.2 GiB/s, `head -c` at 1.5: the faster is the baseline.)"""
-    _first, took, got = first_line_and_total(daemon, ["head", "-c", str(size), str(path)])
-    if got != size:
-        raise SystemExit(f"head wrote {got} bytes of {path}, not {size}")
-    return took, got
 
 
 def sqlite_read(path: Path, run_id: int) -> float:
@@ -247,24 +236,29 @@ def first_line_and_total(daemon: Daemon, argv: list[str]) -> tuple[float, float,
     return first_at, time.perf_counter() - start, total
 
 
-def logs_read(daemon: Daemon, cli: list[str], size: int) -> tuple[float, int]:
-    """(seconds, bytes) of `cli`, `logs RUN` of a run of `size` bytes, read to its end."""
-    _first, took, got = first_line_and_total(daemon, cli)
+def whole_read(daemon: Daemon, argv: list[str], size: int) -> tuple[float, int]:
+    """(seconds, bytes) of `argv`, which must print `size` bytes, read to its end."""
+    _first, took, got = first_line_and_total(daemon, argv)
     if got != size:
-        raise SystemExit(f"{' '.join(cli)} printed {got} bytes, not {size}")
+        raise SystemExit(f"{' '.join(argv)} printed {got} bytes, not {size}")
     return took, got
 
 
 def readers(daemon: Daemon, cli: list[str], database: Path, size: int) -> dict[str, Reader]:
-    """`logs RUN` and, as its baseline, `file_read` of as many of the database's bytes."""
+    """`cli`, `logs RUN` of a run of `size` bytes, and as its baseline `head -c` writing
+    as many of the database file's first bytes into a pipe read by this process, as
+    `ringjobs logs` output is: the same pipe and reader, with nothing but a file's bytes
+    behind them. (In a trial from the page cache, `dd` into that pipe went at 0.7-1.2
+    GiB/s, `head -c` at 1.5: the faster is the baseline.)"""
+    head = ["head", "-c", str(size), str(database)]
     return {
-        "logs": partial(logs_read, daemon, cli, size),
-        "file": partial(file_read, daemon, database, size),
+        "logs": partial(whole_read, daemon, cli, size),
+        "file": partial(whole_read, daemon, head, size),
     }
 
 
 def read_back(daemon: Daemon, cli: list[str], database: Path, size: int) -> dict[str, list[float]]:
-    """MiB/s of `cli` (`logs RUN` of a run of `size` bytes) and of `file_read`, each
+    """MiB/s of `readers`, `logs RUN` of a run of `size` bytes and `head -c`, each
     cold (from the disk) then warm (the page cache), alternated three times: the host's
     drift hits all alike. Keys: "logs cold", "logs warm", "file cold", "file warm"."""
     rates: dict[str, list[float]] = {}
@@ -831,8 +825,13 @@ def spread(samples: list[float]) -> str:
     return " / ".join(ms(percentile(samples, q)) for q in (0.5, 0.99, 1.0))
 
 
+def database_files(path: Path) -> list[Path]:
+    """The database at `path` and its WAL and shm files, as there are."""
+    return list(path.parent.glob(path.name + "*"))
+
+
 def db_bytes(path: Path) -> int:
-    return sum(p.stat().st_size for p in path.parent.glob(path.name + "*"))
+    return sum(p.stat().st_size for p in database_files(path))
 
 
 @dataclass
